@@ -1,0 +1,106 @@
+"""Side-by-side benchmark harness: ours vs stock mmdet in one process, same inputs.
+
+Each case is timed as the median of ``repeats`` runs after ``warmup`` runs. Peak extra memory is
+measured per case: on CUDA with the allocator's peak counter, on CPU from the kernel's resident-set
+high-water mark (``VmHWM``), reset before each case through ``/proc/self/clear_refs``.
+"""
+from __future__ import annotations
+
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / 'results'
+
+
+def _rss_kib(field: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise RuntimeError(f'{field} not in /proc/self/status')
+
+
+def _reset_cpu_peak() -> bool:
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')  # "5" resets the peak RSS to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
+            device: torch.device | str = 'cpu') -> Dict[str, float]:
+    """Times ``fn``; returns ``{'median_s', 'min_s', 'peak_extra_mib'}``.
+
+    Peak extra memory is the largest amount held above the level at the start of a run, over
+    all runs (``nan`` where the platform cannot measure it).
+    """
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: List[float] = []
+    peak = 0.0
+    for _ in range(repeats):
+        gc.collect()
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        else:
+            ok = _reset_cpu_peak()
+            base = _rss_kib('VmRSS') * 1024
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        if device.type == 'cuda':
+            peak = max(peak, torch.cuda.max_memory_allocated(device) - base)
+        else:
+            peak = max(peak, _rss_kib('VmHWM') * 1024 - base) if ok else float('nan')
+    return {'median_s': statistics.median(times), 'min_s': min(times),
+            'peak_extra_mib': peak / 2**20}
+
+
+def machine() -> Dict[str, str]:
+    info = {'cpu': platform.processor() or platform.machine(), 'cores': str(os.cpu_count()),
+            'torch': torch.__version__, 'threads': str(torch.get_num_threads())}
+    if torch.cuda.is_available():
+        info['gpu'] = torch.cuda.get_device_name()
+    return info
+
+
+def report(name: str, rows: List[Dict[str, object]], notes: Optional[str] = None) -> Path:
+    """Prints a table of ``rows`` (each: case, stock, ours measurements) and writes JSON.
+
+    Each row must hold ``case`` and the dicts ``stock`` and ``ours`` from :func:`measure`; the
+    ratio column is stock time / ours time (> 1 means we are faster).
+    """
+    print(f'\n== {name} ==  ({machine()})')
+    print(f'{"case":44s} {"stock s":>9s} {"ours s":>9s} {"stock/ours":>10s} '
+          f'{"stock MiB":>10s} {"ours MiB":>9s}')
+    for r in rows:
+        s, o = r['stock'], r['ours']
+        r['ratio'] = s['median_s'] / o['median_s']
+        print(f'{r["case"]:44s} {s["median_s"]:9.4f} {o["median_s"]:9.4f} {r["ratio"]:10.2f} '
+              f'{s["peak_extra_mib"]:10.1f} {o["peak_extra_mib"]:9.1f}')
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out = RESULTS_DIR / f'{name}.json'
+    out.write_text(json.dumps({'name': name, 'date': datetime.date.today().isoformat(),
+                               'machine': machine(), 'notes': notes, 'rows': rows}, indent=2))
+    print(f'-> {out}')
+    return out

@@ -1,0 +1,3 @@
+from .retina_net_head import RetinaNetHead
+
+__all__ = ['RetinaNetHead']

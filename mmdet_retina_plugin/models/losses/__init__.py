@@ -1,0 +1,3 @@
+from .retina_focal_loss import RetinaFocalLoss
+
+__all__ = ['RetinaFocalLoss']

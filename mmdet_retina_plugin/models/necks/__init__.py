@@ -1,0 +1,3 @@
+from .retina_fpn import RetinaFPN
+
+__all__ = ['RetinaFPN']

@@ -1,0 +1,41 @@
+from setuptools import find_packages, setup
+
+version: dict = {}
+with open('mmdet_retina_plugin/version.py') as f:
+    exec(f.read(), version)
+
+with open('README.md', encoding='utf-8') as f:
+    long_description = f.read()
+
+setup(
+    name='mmdet_retina_plugin',
+    version=version['__version__'],
+    description='RetinaNet modules (focal loss, head, FPN, IoU assigner) for MMDetection 3.x',
+    long_description=long_description,
+    long_description_content_type='text/markdown',
+    python_requires='>=3.8',
+    packages=find_packages(include=['mmdet_retina_plugin', 'mmdet_retina_plugin.*']),
+    install_requires=[
+        'torch>=2.0',  # an existing torch is kept; CUDA users bring their own build
+        'mmengine>=0.10.7,<1.0',
+        'mmcv>=2.0.0rc4,<2.2.0',  # mmdet 3.3.0 refuses mmcv >= 2.2
+        'mmdet>=3.3.0,<3.4',
+        'numpy',
+        'pycocotools',
+        'matplotlib',
+        'setuptools<81',  # mmengine and mim import pkg_resources, gone in setuptools 81
+    ],
+    extras_require={
+        'tests': ['pytest', 'pytest-timeout', 'openmim==0.3.9'],
+        'mim': ['openmim==0.3.9'],
+    },
+    entry_points={
+        'console_scripts': ['mmdet-retina=mmdet_retina_plugin.tools.cli:main'],
+    },
+    classifiers=[
+        'Programming Language :: Python :: 3',
+        'License :: OSI Approved :: Apache Software License',
+        'Topic :: Scientific/Engineering :: Artificial Intelligence',
+    ],
+    license='Apache-2.0',
+)
