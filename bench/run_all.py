@@ -1,0 +1,24 @@
+"""`make bench`: runs every bench/bench_*.py (ours vs stock mmdet, side by side) in turn.
+
+Each module exposes ``main()``, prints its table and writes ``bench/results/<name>.json``. Pass
+module names to run a subset: ``python -m bench.run_all focal_loss assigner``.
+"""
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
+
+def main(argv=None) -> None:
+    names = sorted(m.name[len('bench_'):] for m in pkgutil.iter_modules([str(Path(__file__).parent))
+                   if m.name.startswith('bench_'))
+    wanted = (argv if argv is not None else sys.argv[1:]) or names
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        raise SystemExit(f'unknown benchmark(s) {unknown}; available: {names}')
+    for name in wanted:
+        importlib.import_module(f'bench.bench_{name}').main()
+
+
+if __name__ == '__main__':
+    main()
