@@ -266,3 +266,21 @@ def test_config_builds_and_trains_one_step(path: Path):
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def _train_dataset(cfg: Config) -> dict:
+    dataset = cfg.train_dataloader.dataset
+    return dataset.dataset if dataset.type == 'RepeatDataset' else dataset
+
+
+@pytest.mark.parametrize('path', [p for p in FULL_CONFIGS if 'retinanet' in p.parts],
+                         ids=config_id)
+def test_training_configs_carry_the_reliability_pieces(path: Path):
+    cfg = Config.fromfile(str(path))
+    assert cfg.default_hooks.checkpoint.type == 'RetinaAtomicCheckpointHook'
+    assert [h.type for h in cfg.custom_hooks].count('RetinaNonFiniteGuardHook') == 1
+    dataset = _train_dataset(cfg)
+    assert dataset.type == 'RetinaCocoDataset'
+    types = [t.type for t in dataset.pipeline]
+    assert types.index('RetinaSanitizeGt') == types.index('LoadAnnotations') + 1
+    Compose(dataset.pipeline)  # every transform is registered and builds

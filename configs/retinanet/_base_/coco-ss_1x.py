@@ -7,4 +7,22 @@ _base_ = [
     'mmdet::retinanet/retinanet_tta.py',
 ]
 
+# The plugin's reliability pieces: checkpoints written atomically (a kill mid-save never leaves a
+# truncated file for --resume), and a guard that skips steps with a non-finite loss or gradient,
+# naming the batch's images, and refuses to write non-finite checkpoints.
+default_hooks = dict(checkpoint=dict(type='RetinaAtomicCheckpointHook'))
+custom_hooks = [dict(type='RetinaNonFiniteGuardHook', action='skip')]
+
+# mmdet's training pipeline with RetinaSanitizeGt after LoadAnnotations: degenerate boxes are
+# dropped with a warning naming the image, NaN/Inf boxes or pixels raise naming it.
+train_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='RetinaSanitizeGt', min_size=1.0),
+    dict(type='Resize', scale=(1333, 800), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+train_dataloader = dict(dataset=dict(type='RetinaCocoDataset', pipeline=train_pipeline))
+
 optim_wrapper = dict(optimizer=dict(lr=0.01))

@@ -1,0 +1,6 @@
+"""Data sets and pipeline transforms (``import`` registers them in mmdet's registries)."""
+from .retina_coco import RetinaCocoDataset
+from .transforms import *  # noqa: F401,F403
+from .transforms import __all__ as _transforms_all
+
+__all__ = ['RetinaCocoDataset', *_transforms_all]

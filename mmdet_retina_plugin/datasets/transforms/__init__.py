@@ -1,0 +1,3 @@
+from .retina_sanitize_gt import RetinaSanitizeGt
+
+__all__ = ['RetinaSanitizeGt']

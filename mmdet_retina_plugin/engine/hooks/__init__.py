@@ -1,0 +1,5 @@
+from .assign_stats_hook import RetinaAssignStatsHook
+from .atomic_checkpoint_hook import RetinaAtomicCheckpointHook
+from .non_finite_guard_hook import RetinaNonFiniteGuardHook
+
+__all__ = ['RetinaAssignStatsHook', 'RetinaAtomicCheckpointHook', 'RetinaNonFiniteGuardHook']
