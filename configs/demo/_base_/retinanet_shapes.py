@@ -5,7 +5,8 @@ _base_ = ['mmdet::_base_/default_runtime.py']
 
 custom_imports = dict(imports=['mmdet_retina_plugin'], allow_failed_imports=False)
 
-# `python -m mmdet_retina_plugin.datasets.synthetic_shapes --out data/shapes` writes this layout.
+# The demo (python -m mmdet_retina_plugin.tools.demo) writes this data set: 1000 train / 100 val
+# images of 160 x 160 px, shapes 10..112 px (see FULL_DATA there).
 data_root = 'data/shapes/'
 classes = ('circle', 'square', 'triangle', 'cross', 'ring')
 num_classes = len(classes)
@@ -30,7 +31,7 @@ model = dict(
         norm_eval=False,
         style='pytorch',
         init_cfg=None),
-    # Strides 8..64: objects are 10..140 px on 256 px images, so P7 (stride 128) would only see
+    # Strides 8..64: shapes are 10..112 px on 160 px images, so P7 (stride 128) would only see
     # padding-sized anchors.
     neck=dict(
         type='FPN',
@@ -45,6 +46,8 @@ model = dict(
         in_channels=64,
         stacked_convs=2,
         feat_channels=64,
+        # GroupNorm in the head: the from-scratch head trains much faster with a norm layer.
+        norm_cfg=dict(type='GN', num_groups=16, requires_grad=True),
         # Base sizes 16..128 (x 2^(0, 1/3, 2/3)): the smallest shapes need 16 px anchors at stride 8.
         anchor_generator=dict(
             type='AnchorGenerator',
@@ -99,8 +102,9 @@ test_pipeline = [
     dict(type='PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
 ]
+# Batch 4: on 2 CPU cores more, smaller steps beat fewer, larger ones within a fixed time.
 train_dataloader = dict(
-    batch_size=8,
+    batch_size=4,
     num_workers=1,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
@@ -131,8 +135,8 @@ test_dataloader = val_dataloader
 val_evaluator = dict(type='CocoMetric', ann_file=data_root + 'annotations/val.json', metric='bbox')
 test_evaluator = val_evaluator
 
-# 10 epochs x 75 iterations of batch 8: about 6 minutes on 2 idle CPU cores.
-max_epochs = 10
+# 14 epochs x 250 iterations of batch 4 (3500 iterations): about 7 minutes on 2 CPU cores.
+max_epochs = 14
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=2)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
@@ -154,4 +158,4 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', interval=max_epochs, max_keep_ckpts=1))
 log_processor = dict(type='LogProcessor', window_size=10, by_epoch=True)
 randomness = dict(seed=0, deterministic=True)
-auto_scale_lr = dict(enable=False, base_batch_size=8)
+auto_scale_lr = dict(enable=False, base_batch_size=4)

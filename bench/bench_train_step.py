@@ -1,0 +1,90 @@
+"""Full training-step benchmark: stock ``retinanet_r50_fpn_1x_coco`` vs the same config with our
+neck, head, focal loss and assigner; same initial weights, same batch.
+
+One step = ``model.train_step`` as mmengine's loop runs it (data preprocessor, forward, loss,
+backward, SGD update) on 2 images of 800x1216 with 8 gts each.
+
+Run: ``python -m bench.bench_train_step [--repeats N]``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+from typing import Callable, Dict
+
+import mmdet
+import torch
+from mmengine.config import Config
+from mmengine.optim import OptimWrapper
+from mmengine.structures import InstanceData
+
+import mmdet_retina_plugin  # noqa: F401  (registers our modules)
+from bench.harness import measure, report
+from mmdet.registry import MODELS
+from mmdet.structures import DetDataSample
+from mmdet.utils import register_all_modules
+
+CONFIG = os.path.join(os.path.dirname(mmdet.__file__), '.mim', 'configs', 'retinanet',
+                      'retinanet_r50_fpn_1x_coco.py')
+IMG_SHAPES = [(800, 1216), (800, 1066)]
+NUM_GTS = 8
+
+
+def model_cfg(ours: bool) -> Config:
+    cfg = copy.deepcopy(Config.fromfile(CONFIG).model)
+    cfg.backbone.init_cfg = None  # no download
+    if ours:
+        cfg.neck = dict(type='RetinaFPN', in_channels=[256, 512, 1024, 2048], out_channels=256,
+                        start_level=1, num_outs=5, p6_source='input', relu_before_p7=False)
+        cfg.bbox_head.type = 'RetinaNetHead'
+        cfg.bbox_head.loss_cls.type = 'RetinaFocalLoss'
+        cfg.train_cfg.assigner.type = 'RetinaIoUAssigner'
+    return cfg
+
+
+def make_batch() -> Dict[str, list]:
+    g = torch.Generator().manual_seed(0)
+    inputs, samples = [], []
+    for h, w in IMG_SHAPES:
+        inputs.append(torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8))
+        xy = torch.rand(NUM_GTS, 2, generator=g) * torch.tensor([w, h]) * 0.8
+        wh = (torch.rand(NUM_GTS, 2, generator=g) * 0.3 + 0.02) * torch.tensor([w, h])
+        sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
+                                             scale_factor=(1.0, 1.0)))
+        sample.gt_instances = InstanceData(
+            bboxes=torch.cat([xy, xy + wh], 1),
+            labels=torch.randint(0, 80, (NUM_GTS,), generator=g))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def train_step(model: torch.nn.Module, data: Dict[str, list]) -> Callable[[], None]:
+    wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9,
+                                           weight_decay=1e-4))
+
+    def run() -> None:
+        model.train_step(copy.copy(data), wrapper)
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--repeats', type=int, default=3)
+    args = parser.parse_args()
+    register_all_modules()
+    torch.manual_seed(0)
+    stock = MODELS.build(model_cfg(ours=False))
+    stock.init_weights()
+    ours = MODELS.build(model_cfg(ours=True))
+    ours.load_state_dict(stock.state_dict(), strict=True)
+    data = make_batch()
+    rows = [{'case': f'train_step R50 2x800x1216, {NUM_GTS} gts/img',
+             'stock': measure(train_step(stock.train(), data), args.repeats),
+             'ours': measure(train_step(ours.train(), data), args.repeats)}]
+    report('bench_train_step', rows, notes=f'CPU, torch threads={torch.get_num_threads()}; '
+           'machine shared with other jobs: expect noise')
+
+
+if __name__ == '__main__':
+    main()

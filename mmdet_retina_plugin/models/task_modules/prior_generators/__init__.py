@@ -1,0 +1,3 @@
+from .anchor_cache import AnchorCache
+
+__all__ = ['AnchorCache']

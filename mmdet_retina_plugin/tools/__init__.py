@@ -1,0 +1,1 @@
+"""Command-line tools: ``python -m mmdet_retina_plugin.tools.demo``."""

@@ -1,0 +1,45 @@
+"""``mmdet-retina``: insight tools for RetinaNet models.
+
+Subcommands::
+
+    mmdet-retina coverage ANN.json --config CFG [--out DIR]   # anchor coverage of the gts
+    mmdet-retina figures --out DIR                            # paper Figure 1 + prior table
+    mmdet-retina infer IMG_OR_DIR --config CFG --checkpoint CKPT --out DIR [--score-thr 0.3]
+
+Also runnable as ``python -m mmdet_retina_plugin.tools.cli``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import List, Optional
+
+# subcommand -> (module under mmdet_retina_plugin.tools, help); imported only when used
+SUBCOMMANDS = {
+    'coverage': ('anchor_coverage', 'share of gt boxes without a regular positive anchor'),
+    'figures': ('paper_figures', "the paper's Figure 1 and the prior-initialisation table"),
+    'infer': ('infer', 'draw detections of a checkpoint on images'),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='mmdet-retina', description=__doc__.split('\n')[0])
+    sub = parser.add_subparsers(dest='command', required=True)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text)
+        _tool(module).add_arguments(sub_parser)
+    return parser
+
+
+def _tool(module: str):
+    return importlib.import_module(f'mmdet_retina_plugin.tools.{module}')
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = build_parser().parse_args(argv)
+    import mmdet_retina_plugin  # noqa: F401  (registers our modules for the configs)
+    _tool(SUBCOMMANDS[args.command][0]).main(args)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,225 @@
+"""RetinaNetHead against mmdet's RetinaHead on the same maps: losses, gradients, targets,
+detections; plus init, parameter names, validation and the anchor cache."""
+import copy
+import math
+
+import pytest
+import torch
+from mmengine.config import ConfigDict
+from mmengine.structures import InstanceData
+
+import mmdet_retina_plugin  # noqa: F401  (registers our modules)
+from mmdet.models.task_modules.prior_generators import AnchorGenerator
+from mmdet.registry import MODELS
+from mmdet.utils import register_all_modules
+from mmdet_retina_plugin.models.task_modules.prior_generators import AnchorCache
+
+register_all_modules()
+
+K = 5
+C = 16
+BATCH_SHAPE = (256, 320)
+METAS = [  # image 1 is smaller than the batch: anchors over its padding are invalid
+    dict(img_shape=(250, 300), pad_shape=(256, 320), batch_input_shape=BATCH_SHAPE,
+         scale_factor=(1.5, 1.25)),
+    dict(img_shape=(170, 200), pad_shape=(192, 224), batch_input_shape=BATCH_SHAPE,
+         scale_factor=(0.7, 0.9)),
+]
+TRAIN_CFG = dict(
+    assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0,
+                  ignore_iof_thr=-1),
+    sampler=dict(type='PseudoSampler'), allowed_border=-1, pos_weight=-1, debug=False)
+TEST_CFG = dict(nms_pre=1000, min_bbox_size=0, score_thr=0.05,
+                nms=dict(type='nms', iou_threshold=0.5), max_per_img=100)
+FOCAL = dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0)
+
+
+def build_pair(assigner='MaxIoUAssigner', train=None, test=None, **head):
+    """mmdet's RetinaHead and ours with the same weights; ours uses ``assigner``."""
+    train_cfg = ConfigDict(copy.deepcopy(TRAIN_CFG), **(train or {}))
+    ours_train = copy.deepcopy(train_cfg)
+    ours_train.assigner.type = assigner
+    head.setdefault('loss_bbox', dict(type='L1Loss', loss_weight=1.0))
+    common = dict(num_classes=K, in_channels=C, feat_channels=C, stacked_convs=2,
+                  loss_cls=FOCAL, test_cfg=ConfigDict(TEST_CFG, **(test or {})), **head)
+    stock = MODELS.build(dict(type='RetinaHead', train_cfg=train_cfg, **common))
+    ours = MODELS.build(dict(type='RetinaNetHead', train_cfg=ours_train, **common))
+    stock.init_weights()
+    ours.load_state_dict(stock.state_dict(), strict=True)
+    return stock, ours
+
+
+def random_gts(num, img_shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    h, w = img_shape
+    xy = torch.rand(num, 2, generator=g) * torch.tensor([w, h]) * 0.8
+    wh = torch.rand(num, 2, generator=g) * torch.tensor([w, h]) * 0.5 + 4
+    return InstanceData(bboxes=torch.cat([xy, xy + wh], 1),
+                        labels=torch.randint(0, K, (num,), generator=g))
+
+
+def random_maps(seed=0):
+    """Head outputs for the batch: logits around sigmoid ~0.05 and small deltas."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = [(math.ceil(BATCH_SHAPE[0] / s), math.ceil(BATCH_SHAPE[1] / s))
+             for s in (8, 16, 32, 64, 128)]
+    cls = [torch.randn(2, 9 * K, h, w, generator=g) * 2 - 3 for h, w in sizes]
+    box = [torch.randn(2, 9 * 4, h, w, generator=g) * 0.5 for h, w in sizes]
+    return cls, box
+
+
+def leaf(maps):
+    return [m.detach().clone().requires_grad_() for m in maps]
+
+
+def assert_loss_parity(stock, ours, gts, ignores=None):
+    cls, box = random_maps()
+    s_cls, s_box, o_cls, o_box = leaf(cls), leaf(box), leaf(cls), leaf(box)
+    s = stock.loss_by_feat(s_cls, s_box, gts, METAS, ignores)
+    o = ours.loss_by_feat(o_cls, o_box, gts, METAS, ignores)
+    s_total = {k: sum(v) for k, v in s.items()}  # mmdet returns per-level lists
+    for k in ('loss_cls', 'loss_bbox'):
+        torch.testing.assert_close(o[k], s_total[k], rtol=1e-5, atol=1e-7)
+    sum(s_total.values()).backward()
+    sum(o.values()).backward()
+    for a, b in zip(s_cls + s_box, o_cls + o_box):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4,
+                                   atol=1e-4 * a.grad.abs().max().item() + 1e-12)
+    return o
+
+
+@pytest.mark.parametrize('assigner', ['MaxIoUAssigner', 'RetinaIoUAssigner'])
+@pytest.mark.parametrize('counts', [(8, 3), (0, 1), (100, 0)])
+def test_loss_parity(assigner, counts):
+    stock, ours = build_pair(assigner)
+    gts = [random_gts(n, m['img_shape'], seed=i) for i, (n, m) in enumerate(zip(counts, METAS))]
+    assert_loss_parity(stock, ours, gts)
+
+
+@pytest.mark.parametrize('head,train', [
+    (dict(loss_bbox=dict(type='SmoothL1Loss', beta=0.11, loss_weight=1.0)), None),
+    (dict(loss_bbox=dict(type='GIoULoss', loss_weight=2.0), reg_decoded_bbox=True), None),
+    (dict(), dict(allowed_border=0, pos_weight=2.0)),
+])
+def test_loss_parity_variants(head, train):
+    stock, ours = build_pair('RetinaIoUAssigner', train=train, **head)
+    gts = [random_gts(n, m['img_shape'], seed=i) for i, (n, m) in enumerate(zip((20, 5), METAS))]
+    assert_loss_parity(stock, ours, gts)
+
+
+@pytest.mark.parametrize('assigner', ['MaxIoUAssigner', 'RetinaIoUAssigner'])
+def test_loss_parity_with_ignored_boxes(assigner):
+    train = dict(assigner=dict(TRAIN_CFG['assigner'], ignore_iof_thr=0.5))
+    stock, ours = build_pair(assigner, train=train)
+    gts = [random_gts(n, m['img_shape'], seed=i) for i, (n, m) in enumerate(zip((6, 4), METAS))]
+    ignores = [random_gts(3, METAS[0]['img_shape'], seed=7), InstanceData(
+        bboxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long))]
+    assert_loss_parity(stock, ours, gts, ignores)
+
+
+def test_targets_match_mmdet():
+    stock, ours = build_pair('RetinaIoUAssigner')
+    gts = [random_gts(n, m['img_shape'], seed=i) for i, (n, m) in enumerate(zip((12, 7), METAS))]
+    cls, _ = random_maps()
+    sizes = [c.shape[-2:] for c in cls]
+    anchor_list, flag_list = stock.get_anchors(sizes, METAS, device='cpu')
+    labels, label_weights, _, _, avg_factor = stock.get_targets(
+        anchor_list, flag_list, gts, METAS)
+    anchors, _ = ours.anchor_cache.anchors(sizes, torch.device('cpu'), torch.float32)
+    valid = ours.anchor_cache.valid_flags(sizes, [m['pad_shape'] for m in METAS], 'cpu')
+    t = ours.get_batch_targets(anchors, valid, gts, METAS)
+    assert torch.equal(t.labels, torch.cat(labels, 1))
+    assert torch.equal(t.label_weights, torch.cat(label_weights, 1))
+    assert t.avg_factor.item() == avg_factor
+    assert (t.gt_inds[~valid] == -1).all()
+
+
+@pytest.mark.parametrize('rescale,with_nms,test', [
+    (True, True, None), (False, True, dict(nms_pre=50, max_per_img=20)),
+    (True, False, dict(score_thr=0.2, min_bbox_size=8))])
+def test_predict_parity(rescale, with_nms, test):
+    stock, ours = build_pair(test=test)
+    cls, box = random_maps(seed=3)
+    kwargs = dict(batch_img_metas=METAS, rescale=rescale, with_nms=with_nms)
+    expected = stock.predict_by_feat(cls, box, **kwargs)
+    got = ours.predict_by_feat(cls, box, **kwargs)
+    assert sum(len(r) for r in expected) > 20  # the case is not trivially empty
+    for e, g in zip(expected, got):
+        assert torch.equal(g.labels, e.labels)
+        torch.testing.assert_close(g.bboxes, e.bboxes, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(g.scores, e.scores, rtol=1e-4, atol=1e-6)
+
+
+def test_param_names_equal_mmdet():
+    norm = dict(type='GN', num_groups=4)
+    stock, ours = build_pair(norm_cfg=norm)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == \
+        {k: v.shape for k, v in stock.state_dict().items()}
+    assert 'cls_convs.1.gn.weight' in ours.state_dict()
+
+
+def test_forward_equals_mmdet():
+    stock, ours = build_pair(norm_cfg=dict(type='GN', num_groups=4))
+    feats = [torch.randn(2, C, s, s) for s in (16, 8, 4, 2, 1)]
+    for a, b in zip(sum(stock(feats), []), sum(ours(feats), [])):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_init_prior_bias_and_normal_convs():
+    head = MODELS.build(dict(type='RetinaNetHead', num_classes=K, in_channels=64,
+                             feat_channels=64, prior_prob=0.02))
+    head.init_weights()
+    torch.testing.assert_close(head.retina_cls.bias,
+                               torch.full_like(head.retina_cls.bias, -math.log(0.98 / 0.02)))
+    w = head.cls_convs[0].conv.weight  # 36864 samples: std within ~2% of 0.01
+    assert abs(w.std().item() - 0.01) < 5e-4 and abs(w.mean().item()) < 5e-4
+    assert torch.count_nonzero(head.retina_reg.bias) == 0
+    assert torch.count_nonzero(head.cls_convs[0].conv.bias) == 0
+
+
+def test_user_init_cfg_applies_on_top():
+    head = MODELS.build(dict(type='RetinaNetHead', num_classes=K, in_channels=C,
+                             feat_channels=C, init_cfg=dict(type='Constant', val=0.5,
+                                                            layer='Conv2d')))
+    head.init_weights()
+    assert (head.retina_cls.weight == 0.5).all()
+
+
+@pytest.mark.parametrize('kwargs,field', [
+    (dict(prior_prob=0.0), 'prior_prob'), (dict(prior_prob=1.0), 'prior_prob'),
+    (dict(stacked_convs=-1), 'stacked_convs'), (dict(num_classes=0), 'num_classes'),
+    (dict(loss_cls=dict(FOCAL, use_sigmoid=False)), 'use_sigmoid'),
+    (dict(train_cfg=dict(TRAIN_CFG, sampler=dict(type='RandomSampler', num=256,
+                                                   pos_fraction=0.5))), 'sampler'),
+])
+def test_invalid_args(kwargs, field):
+    args = dict(type='RetinaNetHead', num_classes=K, in_channels=C, feat_channels=C)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=field):
+        MODELS.build(args)
+
+
+def test_level_count_mismatch():
+    _, ours = build_pair()
+    cls, box = random_maps()
+    with pytest.raises(ValueError, match='strides'):
+        ours.loss_by_feat(cls[:4], box[:4], [random_gts(1, (100, 100), 0)] * 2, METAS)
+
+
+def test_anchor_cache_matches_generator_and_reuses():
+    gen = AnchorGenerator(strides=[8, 16], ratios=[0.5, 1.0, 2.0], octave_base_scale=4,
+                          scales_per_octave=3)
+    cache = AnchorCache(gen, max_entries=2)
+    sizes = [(12, 10), (6, 5)]
+    flat, levels = cache.anchors(sizes, torch.device('cpu'), torch.float32)
+    for got, exp in zip(levels, gen.grid_priors(sizes, device='cpu')):
+        assert torch.equal(got, exp)
+    assert cache.anchors(sizes, torch.device('cpu'), torch.float32)[0] is flat
+    pads = [(96, 80), (64, 48)]
+    flags = cache.valid_flags(sizes, pads, 'cpu')
+    for got, pad in zip(flags, pads):
+        assert torch.equal(got, torch.cat(gen.valid_flags(sizes, pad, 'cpu')))
+    assert not flags[1].all() and flags[0].all()
+    cache.anchors([(4, 4), (2, 2)], torch.device('cpu'), torch.float32)
+    cache.anchors([(5, 5), (3, 3)], torch.device('cpu'), torch.float32)  # evicts `sizes`
+    assert cache.anchors(sizes, torch.device('cpu'), torch.float32)[0] is not flat

@@ -1,0 +1,270 @@
+"""RetinaIoUAssigner: bitwise parity with mmdet's MaxIoUAssigner, batched/chunked equivalence,
+hand-computed tie-breaking, argument validation and registry build."""
+from typing import Dict
+
+import pytest
+import torch
+from mmdet.models.task_modules import AssignResult, MaxIoUAssigner
+from mmdet.registry import TASK_UTILS
+from mmdet.structures.bbox import bbox_overlaps
+from mmengine.structures import InstanceData
+
+import mmdet_retina_plugin  # noqa: F401  (registers RetinaIoUAssigner)
+from mmdet_retina_plugin.models.task_modules.assigners import (BatchAssignResult,
+                                                               RetinaIoUAssigner,
+                                                               pairwise_overlaps)
+
+NUM_PRIORS = 240
+# Each config is one mmdet MaxIoUAssigner setting that takes a distinct code path.
+CONFIGS = {
+    'default': dict(),
+    'neg_pair': dict(neg_iou_thr=(0.1, 0.4)),
+    'min_pos_iou': dict(min_pos_iou=0.3),
+    'first_max_only': dict(gt_max_assign_all=False),
+    'no_low_quality': dict(match_low_quality=False),
+    'ignore_wrt_priors': dict(ignore_iof_thr=0.5),
+    'ignore_wrt_ignore_boxes': dict(ignore_iof_thr=0.5, ignore_wrt_candidates=False),
+    'pos_0.7_neg_0.3': dict(pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3),
+}
+
+
+def _boxes(n: int, gen: torch.Generator, extent: float = 64.0, max_wh: float = 40.0
+           ) -> torch.Tensor:
+    """(n, 4) integer-valued x1y1x2y2 boxes: integer coordinates make exact IoU ties common."""
+    xy = torch.rand(n, 2, generator=gen) * extent
+    wh = torch.rand(n, 2, generator=gen) * max_wh + 1
+    return torch.cat([xy, xy + wh], dim=1).round()
+
+
+def _scene(num_gts: int, seed: int):
+    """Priors (with duplicates), gts (with duplicates, a prior copy and an isolated gt whose
+    best IoU is 0), labels and ignore boxes."""
+    gen = torch.Generator().manual_seed(seed)
+    priors = _boxes(NUM_PRIORS - 40, gen)
+    priors = torch.cat([priors, priors[:40]])  # duplicate priors: ties for a gt's best prior
+    gts = _boxes(num_gts, gen)
+    if num_gts >= 5:
+        gts[num_gts // 2] = gts[1]  # duplicate gts: ties for a prior's best gt
+        gts[3] = priors[7]  # IoU exactly 1
+        gts[4] = torch.tensor([500., 500., 510., 510.])  # overlaps no prior (mmdet quirk)
+    labels = torch.randint(0, 5, (num_gts,), generator=gen)
+    ignore = _boxes(3, gen)
+    return priors, gts, labels, ignore
+
+
+def _mmdet_kwargs(cfg: Dict) -> Dict:
+    kwargs = dict(pos_iou_thr=0.5, neg_iou_thr=0.4)
+    kwargs.update(cfg)
+    return kwargs
+
+
+def _assign_mmdet(cfg: Dict, priors, gts, labels, ignore=None) -> AssignResult:
+    ign = None if ignore is None else InstanceData(bboxes=ignore)
+    return MaxIoUAssigner(**_mmdet_kwargs(cfg)).assign(
+        InstanceData(priors=priors), InstanceData(bboxes=gts, labels=labels), ign)
+
+
+def _assert_same(ours, ref) -> None:
+    assert torch.equal(ours.gt_inds, ref.gt_inds)
+    assert ours.gt_inds.dtype == ref.gt_inds.dtype
+    assert torch.equal(ours.max_overlaps, ref.max_overlaps)  # bitwise
+    assert torch.equal(ours.labels, ref.labels)
+
+
+@pytest.mark.parametrize('num_gts', [0, 1, 8, 100])
+@pytest.mark.parametrize('cfg_name', list(CONFIGS))
+def test_assign_matches_mmdet(num_gts: int, cfg_name: str) -> None:
+    cfg = CONFIGS[cfg_name]
+    for seed in range(2):
+        priors, gts, labels, ignore = _scene(num_gts, seed)
+        ref = _assign_mmdet(cfg, priors, gts, labels, ignore)
+        # Default (one chunk) and ~5 chunks of priors: both must equal mmdet.
+        for chunk_numel in (None, max(num_gts, 3) * 50):
+            ours = RetinaIoUAssigner(**_mmdet_kwargs(cfg), chunk_numel=chunk_numel).assign(
+                InstanceData(priors=priors), InstanceData(bboxes=gts, labels=labels),
+                InstanceData(bboxes=ignore))
+            assert isinstance(ours, AssignResult)
+            assert ours.num_gts == ref.num_gts
+            _assert_same(ours, ref)
+
+
+def test_scene_exercises_ties_and_quirk() -> None:
+    """Guards the parity test's coverage: the scene really has the cases it claims."""
+    priors, gts, labels, _ = _scene(100, 0)
+    ref = _assign_mmdet({}, priors, gts, labels)
+    overlaps = bbox_overlaps(gts, priors)
+    best_per_gt = overlaps.max(dim=1).values
+    ties_per_gt = (overlaps == best_per_gt[:, None]).sum(dim=1)
+    assert (ties_per_gt[best_per_gt > 0] > 1).any()  # a gt with several best priors
+    # The isolated gt 4 (best IoU 0) claims priors through the zero-IoU quirk.
+    assert best_per_gt[4] == 0
+    assert (ref.gt_inds == 5).any()
+
+
+@pytest.mark.parametrize('cfg_name', ['default', 'first_max_only'])
+def test_empty_priors(cfg_name: str) -> None:
+    _, gts, labels, _ = _scene(8, 0)
+    priors = torch.zeros(0, 4)
+    ref = _assign_mmdet(CONFIGS[cfg_name], priors, gts, labels)
+    ours = RetinaIoUAssigner(**_mmdet_kwargs(CONFIGS[cfg_name])).assign(
+        InstanceData(priors=priors), InstanceData(bboxes=gts, labels=labels))
+    assert ours.gt_inds.shape == (0, )
+    _assert_same(ours, ref)
+
+
+def test_hand_computed_tie_breaking() -> None:
+    """Hand-worked: later gt wins a shared best prior; first gt wins a positive tie."""
+    priors = torch.tensor([[0., 0., 10., 10.],  # p0
+                           [0., 0., 10., 10.],  # p1: duplicate of p0
+                           [0., 0., 10., 20.],  # p2
+                           [100., 100., 110., 110.]])  # p3: overlaps nothing
+    gts = torch.tensor([[0., 0., 10., 20.],  # g0: IoU 0.5 with p0/p1, 1 with p2
+                        [0., 0., 10., 10.],  # g1: IoU 1 with p0/p1, 0.5 with p2
+                        [0., 0., 10., 10.]])  # g2: duplicate of g1
+    labels = torch.tensor([7, 8, 9])
+    res = RetinaIoUAssigner(pos_iou_thr=0.5, neg_iou_thr=0.4).assign(
+        InstanceData(priors=priors), InstanceData(bboxes=gts, labels=labels))
+    # p0/p1: best gt is g1 (first of the g1/g2 tie) in step 3, but g2 (the later one) claims
+    # them in step 4. p2: g0. p3: IoU 0 -> background.
+    assert res.gt_inds.tolist() == [3, 3, 1, 0]
+    assert res.labels.tolist() == [9, 9, 7, -1]
+    assert res.max_overlaps.tolist() == [1.0, 1.0, 1.0, 0.0]
+    # gt_max_assign_all=False: g1/g2 claim only the first best prior p0; p1 keeps step 3 (g1).
+    res = RetinaIoUAssigner(gt_max_assign_all=False).assign(
+        InstanceData(priors=priors), InstanceData(bboxes=gts, labels=labels))
+    assert res.gt_inds.tolist() == [3, 2, 1, 0]
+
+
+def test_zero_iou_quirk_hand_computed() -> None:
+    """mmdet quirk kept for parity: with min_pos_iou=0 a gt overlapping no prior makes every
+    prior with IoU 0 against it positive; min_pos_iou > 0 disables that."""
+    priors = torch.tensor([[0., 0., 10., 10.], [20., 20., 30., 30.]])
+    gts = torch.tensor([[0., 0., 10., 10.], [50., 50., 60., 60.]])
+    labels = torch.tensor([1, 2])
+    data = (InstanceData(priors=priors), InstanceData(bboxes=gts, labels=labels))
+    assert RetinaIoUAssigner(min_pos_iou=0.0).assign(*data).gt_inds.tolist() == [2, 2]
+    assert RetinaIoUAssigner(min_pos_iou=0.1).assign(*data).gt_inds.tolist() == [1, 0]
+
+
+def _padded_batch(num_gts_per_img, seed: int):
+    """A padded batch over shared priors with per-image gts, ignore boxes and prior masks."""
+    gen = torch.Generator().manual_seed(seed)
+    priors = _scene(0, seed)[0]
+    num_imgs, max_gts = len(num_gts_per_img), max(num_gts_per_img)
+    gt_bboxes = torch.full((num_imgs, max_gts, 4), 3.0)  # padding overlaps priors on purpose
+    gt_labels = torch.full((num_imgs, max_gts), 99)
+    gt_valid = torch.zeros(num_imgs, max_gts, dtype=torch.bool)
+    gt_bboxes[..., 2:] = 30.0
+    for i, n in enumerate(num_gts_per_img):
+        _, gts, labels, _ = _scene(n, seed + 10 + i)
+        slots = torch.randperm(max_gts, generator=gen)[:n].sort().values  # padding anywhere
+        gt_bboxes[i, slots], gt_labels[i, slots], gt_valid[i, slots] = gts, labels, True
+    ignore = _boxes(3, gen).expand(num_imgs, -1, -1).clone()
+    ignore_valid = torch.rand(num_imgs, 3, generator=gen) > 0.4
+    prior_valid = torch.rand(num_imgs, priors.size(0), generator=gen) > 0.3
+    return priors, gt_bboxes, gt_labels, gt_valid, prior_valid, ignore, ignore_valid
+
+
+def _mmdet_on_image(cfg, priors, gt_bboxes, gt_labels, gt_valid, prior_valid, ignore,
+                    ignore_valid) -> BatchAssignResult:
+    """mmdet on the image's valid gts and valid priors, scattered back to all priors; removed
+    priors get the documented (-1, 0, -1)."""
+    ref = _assign_mmdet(cfg, priors[prior_valid], gt_bboxes[gt_valid], gt_labels[gt_valid],
+                        ignore[ignore_valid])
+    # gt index k in the compacted gts -> its slot in the padded row.
+    slot_of = torch.cat([torch.zeros(1, dtype=torch.long),
+                         gt_valid.nonzero()[:, 0] + 1])
+    gt_inds = torch.full((priors.size(0), ), -1)
+    gt_inds[prior_valid] = torch.where(ref.gt_inds > 0, slot_of[ref.gt_inds.clamp(min=0)],
+                                       ref.gt_inds)
+    max_overlaps = torch.zeros(priors.size(0))
+    max_overlaps[prior_valid] = ref.max_overlaps
+    labels = torch.full((priors.size(0), ), -1)
+    labels[prior_valid] = ref.labels
+    return BatchAssignResult(gt_inds, max_overlaps, labels)
+
+
+@pytest.mark.parametrize('cfg_name', list(CONFIGS))
+def test_assign_batch_matches_per_image_mmdet(cfg_name: str) -> None:
+    cfg = CONFIGS[cfg_name]
+    batch = _padded_batch([8, 0, 30, 1], seed=3)
+    priors, gt_bboxes, gt_labels, gt_valid, prior_valid, ignore, ignore_valid = batch
+    # (4 images x 30 gts) x ~60 priors per chunk -> 4 chunks; one chunk for the default.
+    for chunk_numel in (None, 4 * 30 * 60):
+        ours = RetinaIoUAssigner(**_mmdet_kwargs(cfg), chunk_numel=chunk_numel).assign_batch(
+            priors, gt_bboxes, gt_labels, gt_valid, prior_valid, ignore, ignore_valid)
+        assert isinstance(ours, BatchAssignResult)
+        assert ours.gt_inds.shape == (4, priors.size(0))
+        for i in range(4):
+            ref = _mmdet_on_image(cfg, priors, *(t[i] for t in batch[1:]))
+            _assert_same(BatchAssignResult(*(t[i] for t in ours)), ref)
+
+
+def test_assign_batch_defaults_and_no_gts() -> None:
+    """prior_valid / ignore omitted == all valid / none; a zero-width gt dimension works."""
+    priors, gt_bboxes, gt_labels, gt_valid, *_ = _padded_batch([5, 2], seed=4)
+    assigner = RetinaIoUAssigner()
+    ours = assigner.assign_batch(priors, gt_bboxes, gt_labels, gt_valid)
+    full = torch.ones(2, priors.size(0), dtype=torch.bool)
+    for i in range(2):
+        ref = _mmdet_on_image({}, priors, gt_bboxes[i], gt_labels[i], gt_valid[i], full[i],
+                              torch.zeros(0, 4), torch.zeros(0, dtype=torch.bool))
+        _assert_same(BatchAssignResult(*(t[i] for t in ours)), ref)
+    empty = assigner.assign_batch(priors, torch.zeros(2, 0, 4), torch.zeros(2, 0,
+                                                                            dtype=torch.long),
+                                  torch.zeros(2, 0, dtype=torch.bool), prior_valid=full)
+    assert (empty.gt_inds == 0).all() and (empty.labels == -1).all()
+    assert (empty.max_overlaps == 0).all()
+
+
+def test_chunked_equals_unchunked_crowded() -> None:
+    """Many gts, tiny chunks (1 prior per chunk included): identical to one chunk."""
+    batch = _padded_batch([60, 45], seed=5)
+    priors, gt_bboxes, gt_labels, gt_valid, prior_valid, ignore, ignore_valid = batch
+    for cfg in ({}, dict(gt_max_assign_all=False), dict(ignore_iof_thr=0.3)):
+        full = RetinaIoUAssigner(**cfg).assign_batch(*batch)
+        for chunk_numel in (2 * 60 * 17, 1):
+            chunked = RetinaIoUAssigner(**cfg, chunk_numel=chunk_numel).assign_batch(*batch)
+            _assert_same(chunked, full)
+
+
+def test_pairwise_overlaps_bitwise_equal_mmdet() -> None:
+    gen = torch.Generator().manual_seed(0)
+    a = _boxes(37, gen)
+    b = torch.cat([_boxes(50, gen), torch.rand(50, 4, generator=gen) * 30])  # + float/degenerate
+    b[::9, 2] = b[::9, 0]  # zero-width boxes hit the eps clamp
+    for mode in ('iou', 'iof'):
+        assert torch.equal(pairwise_overlaps(a, b, mode), bbox_overlaps(a, b, mode))
+        assert torch.equal(pairwise_overlaps(b, a, mode), bbox_overlaps(b, a, mode))
+        batched = pairwise_overlaps(a[None], torch.stack([b, b.flip(0)]), mode)
+        assert torch.equal(batched[1], bbox_overlaps(a, b.flip(0), mode))
+    assert pairwise_overlaps(torch.zeros(0, 4), b).shape == (0, 100)
+    with pytest.raises(ValueError, match='mode'):
+        pairwise_overlaps(a, b, 'giou')
+
+
+@pytest.mark.parametrize('kwargs, field', [
+    (dict(pos_iou_thr=1.5), 'pos_iou_thr'),
+    (dict(pos_iou_thr=-0.1), 'pos_iou_thr'),
+    (dict(neg_iou_thr=0.6), 'neg_iou_thr'),  # > pos_iou_thr
+    (dict(neg_iou_thr=-0.1), 'neg_iou_thr'),
+    (dict(neg_iou_thr=(0.3, 0.1)), 'neg_iou_thr'),  # lo > hi
+    (dict(neg_iou_thr=(0.1, 0.7)), 'neg_iou_thr'),  # hi > pos_iou_thr
+    (dict(neg_iou_thr=(0.1, 0.2, 0.3)), 'neg_iou_thr'),
+    (dict(min_pos_iou=1.2), 'min_pos_iou'),
+    (dict(ignore_iof_thr=1.5), 'ignore_iof_thr'),
+    (dict(ignore_iof_thr=float('nan')), 'ignore_iof_thr'),
+    (dict(chunk_numel=0), 'chunk_numel'),
+    (dict(chunk_numel=2.5), 'chunk_numel'),
+])
+def test_invalid_args_raise(kwargs: Dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        RetinaIoUAssigner(**kwargs)
+
+
+def test_registry_build_and_list_pair() -> None:
+    assigner = TASK_UTILS.build(dict(type='RetinaIoUAssigner', neg_iou_thr=[0.0, 0.4]))
+    assert isinstance(assigner, RetinaIoUAssigner)
+    assert assigner.neg_iou_thr == (0.0, 0.4)  # lists from configs are accepted as pairs
+    default = TASK_UTILS.build(dict(type='RetinaIoUAssigner'))
+    assert (default.pos_iou_thr, default.neg_iou_thr, default.min_pos_iou) == (0.5, 0.4, 0.0)

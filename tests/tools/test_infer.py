@@ -1,0 +1,87 @@
+"""``mmdet-retina infer`` with a randomly initialised tiny RetinaNet checkpoint."""
+import json
+import os.path as osp
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+import mmdet_retina_plugin  # noqa: F401
+from mmdet.registry import MODELS
+from mmdet_retina_plugin.tools import infer
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DEMO_BASE = osp.join(REPO, 'configs', 'demo', '_base_', 'retinanet_shapes.py')
+
+
+@pytest.fixture(scope='module')
+def tiny_detector(tmp_path_factory):
+    """(image folder, config path, checkpoint path, classes) of a random tiny RetinaNet."""
+    from mmdet_retina_plugin.datasets.synthetic_shapes import make_dataset
+    root = tmp_path_factory.mktemp('infer')
+    data = make_dataset(str(root / 'data'), 0, 2, image_size=(64, 96), seed=0)
+    cfg = Config.fromfile(DEMO_BASE)
+    cfg.model.backbone.base_channels = 8
+    cfg.model.neck = dict(type='RetinaFPN', in_channels=[16, 32, 64], out_channels=16,
+                          start_level=0, num_outs=4, strides=(8, 16, 32, 64))
+    cfg.model.bbox_head.update(type='RetinaNetHead', in_channels=16, feat_channels=16,
+                               stacked_convs=1,
+                               loss_cls=dict(type='RetinaFocalLoss', use_sigmoid=True))
+    cfg.model.train_cfg.assigner.type = 'RetinaIoUAssigner'
+    # a random head scores ~prior_prob: keep every box so there is something to draw
+    cfg.model.test_cfg.score_thr = 0.0
+    cfg.model.test_cfg.max_per_img = 5
+    config = root / 'tiny.py'
+    cfg.dump(str(config))
+    init_default_scope('mmdet')
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    checkpoint = root / 'tiny.pth'
+    torch.save(dict(state_dict=model.state_dict(),
+                    meta=dict(dataset_meta=dict(classes=data['classes']))), checkpoint)
+    return data['val_img'], config, checkpoint, data['classes']
+
+
+def test_infer_draws_pngs(tiny_detector, tmp_path, capsys):
+    from mmdet_retina_plugin.tools.cli import main
+    img_dir, config, checkpoint, classes = tiny_detector
+    out = tmp_path / 'vis'
+    main(['infer', img_dir, '--config', str(config), '--checkpoint', str(checkpoint),
+          '--out', str(out), '--score-thr', '0.0', '--device', 'cpu'])
+    records = json.loads((out / 'predictions.json').read_text())
+    assert len(records) == 2
+    assert '5 detections >= 0' in capsys.readouterr().out
+    for r in records:
+        src = cv2.imread(r['file'])
+        drawn = cv2.imread(r['out_file'])
+        assert r['out_file'].endswith('.png') and drawn.shape == src.shape == (64, 96, 3)
+        assert r['classes'] == list(classes)
+        assert len(r['scores']) == 5  # max_per_img, nothing filtered at score_thr 0
+        assert all(0 <= lb < len(classes) for lb in r['labels'])
+        # boxes are in original image pixels, clipped to the image
+        boxes = np.array(r['bboxes'])
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 96).all() and (boxes[:, 3] <= 64).all()
+        assert np.abs(drawn.astype(int) - src.astype(int)).sum() > 0  # boxes were drawn
+
+
+def test_score_threshold_filters(tiny_detector, tmp_path):
+    img_dir, config, checkpoint, _ = tiny_detector
+    images = infer.list_images(img_dir)
+    # prior 0.01 init: every score is far below 0.9
+    records = infer.run_inference(images[0], config, checkpoint, tmp_path, score_thr=0.9,
+                                  device='cpu')
+    assert len(records) == 1 and records[0]['scores'] == []
+    drawn = cv2.imread(records[0]['out_file'])
+    assert np.array_equal(drawn, cv2.imread(str(images[0])))  # nothing above 0.9 to draw
+
+
+def test_invalid_inputs(tmp_path):
+    with pytest.raises(ValueError, match='img_or_dir'):
+        infer.list_images(tmp_path / 'missing.png')
+    with pytest.raises(ValueError, match='img_or_dir has no images'):
+        infer.list_images(tmp_path)
+    with pytest.raises(ValueError, match='score_thr'):
+        infer.run_inference(tmp_path, 'cfg.py', 'ckpt.pth', tmp_path, score_thr=1.5)
