@@ -1,7 +1,7 @@
 # RetinaNet built from the plugin's own modules on the synthetic shapes data set.
 # Everything but the four modules comes from the shared base, so this config and
 # retinanet_shapes_stock.py (mmdet's modules) differ only in which implementation runs.
-_base_ = ['./_base_/retinanet_shapes.py']
+_base_ = ['./_base_/retinanet_shapes_common.py']
 
 model = dict(
     # The same pyramid as the base's FPN(add_extra_convs='on_input', num_outs=4), in

@@ -16,7 +16,7 @@ from mmdet_retina_plugin.engine.hooks.assign_stats_hook import (RetinaAssignStat
                                                                  assignment_stats)
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DEMO_BASE = osp.join(REPO, 'configs', 'demo', '_base_', 'retinanet_shapes.py')
+DEMO_BASE = osp.join(REPO, 'configs', 'demo', '_base_', 'retinanet_shapes_common.py')
 
 # One square anchor of side 4*stride per location, centred on (stride*i, stride*j).
 ANCHORS = dict(type='AnchorGenerator', octave_base_scale=4, scales_per_octave=1, ratios=[1.0],

@@ -1,6 +1,6 @@
 """Tiny RetinaNet training config on synthetic shapes, shared by the reliability tests.
 
-Derived from ``configs/demo/_base_/retinanet_shapes.py`` with the plugin's four modules, the
+Derived from ``configs/demo/_base_/retinanet_shapes_common.py`` with the plugin's four modules, the
 reliability pieces (``RetinaCocoDataset``, ``RetinaSanitizeGt``, ``RetinaNonFiniteGuardHook``,
 ``RetinaAtomicCheckpointHook``) and everything shrunk so a training iteration takes well under a
 second on one CPU core: 64 px images, ResNet-18 with 8 base channels, batch 2, no workers, no
@@ -12,7 +12,7 @@ from typing import Dict
 from mmengine.config import Config
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DEMO_BASE = osp.join(REPO, 'configs', 'demo', '_base_', 'retinanet_shapes.py')
+DEMO_BASE = osp.join(REPO, 'configs', 'demo', '_base_', 'retinanet_shapes_common.py')
 IMAGE_SIZE = 64
 
 

@@ -14,7 +14,7 @@ from mmdet.registry import MODELS
 from mmdet_retina_plugin.tools import infer
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DEMO_BASE = osp.join(REPO, 'configs', 'demo', '_base_', 'retinanet_shapes.py')
+DEMO_BASE = osp.join(REPO, 'configs', 'demo', '_base_', 'retinanet_shapes_common.py')
 
 
 @pytest.fixture(scope='module')

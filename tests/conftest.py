@@ -1,0 +1,19 @@
+"""Suite-wide fixtures."""
+import pytest
+from mmengine.registry import DefaultScope
+
+from mmdet.utils import register_all_modules
+
+register_all_modules(init_default_scope=False)
+
+
+@pytest.fixture(autouse=True)
+def mmdet_default_scope():
+    """Every test starts in mmdet's registry scope and leaves the global scope as it found it.
+
+    A Runner (or anything else) that creates a ``DefaultScope`` instance changes the scope every
+    later ``MODELS.build`` resolves in; without this, a test's outcome would depend on which
+    tests ran before it.
+    """
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        yield
