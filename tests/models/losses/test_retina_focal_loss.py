@@ -1,7 +1,8 @@
 """RetinaFocalLoss: parity with mmdet's FocalLoss, closed-form gradient, stability, errors.
 
 All inputs are tiny, so the eager backend runs (no compile cost); the compiled CPU kernel is
-covered by ``test_compiled_backend_matches_mmdet`` and by ``bench/bench_focal_loss.py``, which checks parity before timing.
+covered by ``test_compiled_backend_matches_mmdet`` and by ``bench/bench_focal_loss.py``, which
+checks parity before timing.
 """
 import warnings
 
