@@ -28,6 +28,7 @@ from mmdet.models.task_modules.samplers import PseudoSampler
 from mmdet.registry import MODELS, TASK_UTILS
 from mmdet.structures.bbox import get_box_tensor
 from mmdet.utils import ConfigType, InstanceList, OptConfigType, OptInstanceList, OptMultiConfig
+from ...utils.dist_utils import reduce_mean_avg_factor
 from ..task_modules.prior_generators import AnchorCache
 
 
@@ -118,6 +119,9 @@ class RetinaNetHead(BaseDenseHead):
         loss_cls: sigmoid classification loss config with mmdet ``FocalLoss``'s interface.
         loss_bbox: box loss config (L1 for mmdet parity, SmoothL1 beta=0.11 as in the paper,
             GIoU with ``reg_decoded_bbox=True``).
+        sync_avg_factor: divide the losses by the positive-anchor count averaged over all
+            processes (one all-reduce per step) instead of this process's own count, so every
+            rank weighs an anchor alike, as one large batch would (no-op in one process).
         train_cfg: ``assigner`` (any; batched through ``assign_batch`` when it has it),
             ``allowed_border`` (-1: keep anchors crossing the image border), ``pos_weight``
             (<= 0: 1), optional ``sampler`` (must be ``PseudoSampler``).
@@ -145,6 +149,7 @@ class RetinaNetHead(BaseDenseHead):
                      type='RetinaFocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
                      loss_weight=1.0),
                  loss_bbox: ConfigType = dict(type='L1Loss', loss_weight=1.0),
+                 sync_avg_factor: bool = False,
                  train_cfg: OptConfigType = None,
                  test_cfg: OptConfigType = None,
                  init_cfg: OptMultiConfig = None) -> None:
@@ -169,6 +174,7 @@ class RetinaNetHead(BaseDenseHead):
         self.feat_channels = feat_channels
         self.prior_prob = prior_prob
         self.reg_decoded_bbox = reg_decoded_bbox
+        self.sync_avg_factor = sync_avg_factor
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
 
@@ -330,7 +336,8 @@ class RetinaNetHead(BaseDenseHead):
                      batch_gt_instances: InstanceList, batch_img_metas: List[dict],
                      batch_gt_instances_ignore: OptInstanceList = None) -> dict:
         """Focal loss over all anchors and box loss over positives, both divided by
-        ``avg_factor`` (sum over images of ``max(num_pos_i, 1)``, as mmdet).
+        ``avg_factor`` (sum over images of ``max(num_pos_i, 1)``, as mmdet; with
+        ``sync_avg_factor``, its mean over all processes).
 
         Args:
             cls_scores: ``[(B, A*K, Hi, Wi)]`` logits.
@@ -353,10 +360,14 @@ class RetinaNetHead(BaseDenseHead):
         targets = self.get_batch_targets(anchors, valid, batch_gt_instances, batch_img_metas,
                                          batch_gt_instances_ignore)
 
+        avg_factor = targets.avg_factor
+        if self.sync_avg_factor:
+            avg_factor = reduce_mean_avg_factor(avg_factor)
+
         flat_cls = _flatten_levels(cls_scores, self.cls_out_channels)
         loss_cls = self.loss_cls(flat_cls.reshape(-1, self.cls_out_channels),
                                  targets.labels.reshape(-1), targets.label_weights.reshape(-1),
-                                 avg_factor=targets.avg_factor)
+                                 avg_factor=avg_factor)
 
         img_idx, anchor_idx = (targets.gt_inds > 0).nonzero(as_tuple=True)
         pos_anchors = anchors[anchor_idx]
@@ -367,7 +378,7 @@ class RetinaNetHead(BaseDenseHead):
             pos_target = pos_gt
         else:
             pos_target = self.bbox_coder.encode(pos_anchors, pos_gt)
-        loss_bbox = self.loss_bbox(pos_pred, pos_target, avg_factor=targets.avg_factor)
+        loss_bbox = self.loss_bbox(pos_pred, pos_target, avg_factor=avg_factor)
         return dict(loss_cls=loss_cls, loss_bbox=loss_bbox)
 
     # ------------------------------------------------------------------ inference
