@@ -14,10 +14,8 @@ Faults kill this process with SIGKILL (like ``kill -9``: no cleanup, no ``finall
 
 ``--fault nan_loss:K:R`` instead makes rank R's loss NaN at iteration K (no kill).
 
-``--launcher pytorch`` runs under ``torchrun``; on a CPU-only torch this script initialises
-the gloo process group itself (mmengine's ``init_dist`` calls ``torch.cuda.set_device``, which
-CPU builds lack) and builds DDP without ``device_ids`` (mmengine passes ``[LOCAL_RANK]``, which
-DDP rejects for CPU modules).
+``--launcher pytorch`` runs under ``torchrun`` (on a CPU-only torch the plugin's
+``engine/cpu_distributed.py`` makes mmengine use gloo and a CPU-capable DDP wrapper).
 
 After training each rank saves its final parameters and buffers as
 ``WORK_DIR/final_rank{R}.pth`` (``dict(params=..., buffers=...)``).
@@ -31,7 +29,6 @@ import sys
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
@@ -138,10 +135,6 @@ def main() -> None:
     cfg = tiny_cfg(args.data_root, args.work_dir, max_iters=args.max_iters,
                    atomic=not args.stock_ckpt)
     cfg.launcher = args.launcher
-    if args.launcher == 'pytorch' and not torch.cuda.is_available():
-        dist.init_process_group('gloo')
-        cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None,
-                                     broadcast_buffers=False)
     cfg.resume = args.resume
     kind, _, k = args.fault.partition(':')
     if kind == 'ckpt_write':
