@@ -4,9 +4,9 @@ mmdet's ``AnchorHead`` builds targets image by image and level by level (one ass
 five focal-loss calls and five box-loss calls per batch), and post-processes image by image.
 This head flattens the levels once and works on the whole batch: one assignment (through the
 assigner's ``assign_batch`` when it has one), one focal-loss call over ``B * sum(Hi*Wi*A)``
-anchors, one box-loss call over the positives only, and a batched score filter / top-k / decode
-before the (exact, per-image) class-wise NMS. Losses and detections equal mmdet's
-``RetinaHead`` (see ``tests/models/test_parity_retinanet.py``).
+anchors, one box-loss call over the positives only, a batched score filter / top-k / decode,
+and one class-wise NMS over the whole batch (``models/layers/batched_nms.py``). Losses and
+detections equal mmdet's ``RetinaHead`` (see ``tests/models/test_parity_retinanet.py``).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from mmdet.registry import MODELS, TASK_UTILS
 from mmdet.structures.bbox import get_box_tensor
 from mmdet.utils import ConfigType, InstanceList, OptConfigType, OptInstanceList, OptMultiConfig
 from ...utils.dist_utils import reduce_mean_avg_factor
+from ..layers.batched_nms import batched_nms_batch, supports as batched_nms_supports
 from ..task_modules.prior_generators import AnchorCache
 
 
@@ -461,12 +462,20 @@ class RetinaNetHead(BaseDenseHead):
             keep &= (bboxes[..., 2] - bboxes[..., 0] > min_size) \
                 & (bboxes[..., 3] - bboxes[..., 1] > min_size)
 
+        num_imgs = scores.size(0)
+        if with_nms and batched_nms_supports(cfg['nms']):
+            # one class-wise NMS for the whole batch, equal to mmcv's per-image batched_nms
+            img_ids = torch.arange(num_imgs, device=keep.device)[:, None].expand_as(keep)[keep]
+            cand = InstanceData(bboxes=bboxes[keep], scores=scores[keep], labels=labels[keep])
+            return [cand[k] for k in batched_nms_batch(
+                cand.bboxes, cand.scores, cand.labels, img_ids, num_imgs, cfg['nms'],
+                cfg['max_per_img'])]
         results = []
-        for i in range(scores.size(0)):
+        for i in range(num_imgs):
             res = InstanceData(bboxes=bboxes[i][keep[i]], scores=scores[i][keep[i]],
                                labels=labels[i][keep[i]])
             if with_nms and res.bboxes.numel() > 0:
-                # per image: mmcv's class offsets then match mmdet's rounding exactly
+                # NMS variants batched_nms_batch does not implement (e.g. soft_nms): mmcv's
                 dets, nms_keep = batched_nms(res.bboxes, res.scores, res.labels, cfg['nms'])
                 res = res[nms_keep]
                 res.scores = dets[:, -1]

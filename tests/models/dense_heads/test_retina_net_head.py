@@ -136,7 +136,12 @@ def test_targets_match_mmdet():
 
 @pytest.mark.parametrize('rescale,with_nms,test', [
     (True, True, None), (False, True, dict(nms_pre=50, max_per_img=20)),
-    (True, False, dict(score_thr=0.2, min_bbox_size=8))])
+    (True, False, dict(score_thr=0.2, min_bbox_size=8)),
+    # mmcv's per-class path (> split_thr boxes) and class-agnostic NMS: still one batched call
+    (True, True, dict(nms=dict(type='nms', iou_threshold=0.6, split_thr=50))),
+    (False, True, dict(nms=dict(type='nms', iou_threshold=0.5, class_agnostic=True))),
+    # soft-NMS: the image-by-image fallback through mmcv
+    (True, True, dict(nms=dict(type='soft_nms', iou_threshold=0.5, min_score=0.05)))])
 def test_predict_parity(rescale, with_nms, test):
     stock, ours = build_pair(test=test)
     cls, box = random_maps(seed=3)
