@@ -16,7 +16,7 @@ from mmdet.models.task_modules import MaxIoUAssigner
 from mmdet.models.task_modules.prior_generators import AnchorGenerator
 from mmengine.structures import InstanceData
 
-from bench.harness import measure, report
+from bench.harness import measure, measure_pair, report
 from mmdet_retina_plugin.models.task_modules.assigners import RetinaIoUAssigner
 
 IMG_H, IMG_W = 800, 1216
@@ -68,8 +68,7 @@ def main() -> None:
             assert torch.equal(batch.gt_inds[i], ref.gt_inds), 'results differ from mmdet'
             assert torch.equal(batch.max_overlaps[i], ref.max_overlaps)
         rows.append({'case': f'2 img x {priors.size(0)} anchors, {num_gts} gts',
-                     'stock': measure(run_stock, repeats=3, warmup=1, device=device),
-                     'ours': measure(run_ours, repeats=3, warmup=1, device=device)})
+                     **measure_pair(run_stock, run_ours, repeats=5, device=device)})
 
     boxes, labels = (t.to(device) for t in random_gts(1, MEMORY_CASE_GTS, gen))
     valid = torch.ones_like(labels, dtype=torch.bool)

@@ -22,7 +22,7 @@ if __package__ in (None, ''):  # run as a script: make ``bench`` importable
 from mmdet.models.losses import FocalLoss  # noqa: E402
 
 import mmdet_retina_plugin  # noqa: E402,F401  (registers RetinaFocalLoss)
-from bench.harness import measure, report  # noqa: E402
+from bench.harness import measure, measure_pair, report  # noqa: E402
 from mmdet.registry import MODELS  # noqa: E402
 
 NUM_ANCHORS = 2 * 201_600
@@ -82,19 +82,17 @@ def main(repeats: int = 5) -> List[Dict[str, object]]:
     notes = [check_parity(ours, stock, inp)]
     fwd(ours, inp)()  # compile the forward-only kernel outside the timings
     clone = measure(lambda: inp['pred'].clone(), repeats=repeats)
-    stock_fwd_bwd = measure(fwd_bwd(stock, inp, False), repeats=repeats)
     rows = [
-        dict(case='fwd+bwd 2x201600x80 (no weight)', stock=stock_fwd_bwd,
-             ours=measure(fwd_bwd(ours, inp, False), repeats=repeats)),
-        # the fallback when compiling is off or fails (same stock timing as above)
-        dict(case='fwd+bwd, ours eager (compile off)', stock=stock_fwd_bwd,
-             ours=measure(fwd_bwd(ours_eager, inp, False), repeats=repeats)),
+        dict(case='fwd+bwd 2x201600x80 (no weight)',
+             **measure_pair(fwd_bwd(stock, inp, False), fwd_bwd(ours, inp, False), repeats)),
+        # the fallback when compiling is off or fails
+        dict(case='fwd+bwd, ours eager (compile off)',
+             **measure_pair(fwd_bwd(stock, inp, False), fwd_bwd(ours_eager, inp, False),
+                            repeats)),
         dict(case='fwd+bwd 2x201600x80 (label weights)',
-             stock=measure(fwd_bwd(stock, inp, True), repeats=repeats),
-             ours=measure(fwd_bwd(ours, inp, True), repeats=repeats)),
+             **measure_pair(fwd_bwd(stock, inp, True), fwd_bwd(ours, inp, True), repeats)),
         dict(case='fwd only (no_grad) 2x201600x80',
-             stock=measure(fwd(stock, inp), repeats=repeats),
-             ours=measure(fwd(ours, inp), repeats=repeats)),
+             **measure_pair(fwd(stock, inp), fwd(ours, inp), repeats)),
     ]
     notes.append(f'pred.clone() {clone["median_s"]:.4f} s (memory-traffic floor)')
     for r in rows:

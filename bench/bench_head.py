@@ -21,7 +21,7 @@ from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 
 import mmdet_retina_plugin  # noqa: F401  (registers our modules)
-from bench.harness import measure, report
+from bench.harness import measure_pair, report
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 
@@ -108,15 +108,18 @@ def main() -> None:
     for num in (8, 200):
         gt = gts(num, seed=num)
         rows.append({'case': f'loss+backward 2x800x1216, {num} gts/img',
-                     'stock': measure(loss_step(stock, cls, box, gt, img_metas), args.repeats),
-                     'ours': measure(loss_step(ours, cls, box, gt, img_metas), args.repeats)})
+                     **measure_pair(loss_step(stock, cls, box, gt, img_metas),
+                                    loss_step(ours, cls, box, gt, img_metas), args.repeats)})
     for logit_std, density in ((1.0, '~0.1%'), (1.5, '~2.1%')):
         p_cls, p_box = head_outputs(logit_std)
-        with torch.no_grad():
-            rows.append({'case': f'predict 2x800x1216, {density} above thr', **{
-                name: measure(lambda h=head: h.predict_by_feat(
-                    p_cls, p_box, batch_img_metas=img_metas, rescale=True), args.repeats)
-                for name, head in (('stock', stock), ('ours', ours))}})
+        def predict(head: torch.nn.Module) -> Callable[[], None]:
+            def run() -> None:
+                with torch.no_grad():
+                    head.predict_by_feat(p_cls, p_box, batch_img_metas=img_metas, rescale=True)
+            return run
+
+        rows.append({'case': f'predict 2x800x1216, {density} above thr',
+                     **measure_pair(predict(stock), predict(ours), args.repeats)})
     report('bench_head', rows, notes=f'CPU, torch threads={torch.get_num_threads()}; '
            'machine shared with other jobs: expect noise')
 

@@ -20,7 +20,7 @@ from mmengine.optim import OptimWrapper
 from mmengine.structures import InstanceData
 
 import mmdet_retina_plugin  # noqa: F401  (registers our modules)
-from bench.harness import measure, report
+from bench.harness import measure_pair, report
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmdet.utils import register_all_modules
@@ -70,7 +70,7 @@ def train_step(model: torch.nn.Module, data: Dict[str, list]) -> Callable[[], No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--repeats', type=int, default=5)
     args = parser.parse_args()
     register_all_modules()
     torch.manual_seed(0)
@@ -80,8 +80,8 @@ def main() -> None:
     ours.load_state_dict(stock.state_dict(), strict=True)
     data = make_batch()
     rows = [{'case': f'train_step R50 2x800x1216, {NUM_GTS} gts/img',
-             'stock': measure(train_step(stock.train(), data), args.repeats),
-             'ours': measure(train_step(ours.train(), data), args.repeats)}]
+             **measure_pair(train_step(stock.train(), data), train_step(ours.train(), data),
+                            args.repeats)}]
     report('bench_train_step', rows, notes=f'CPU, torch threads={torch.get_num_threads()}; '
            'machine shared with other jobs: expect noise')
 

@@ -1,6 +1,7 @@
 """Side-by-side benchmark harness: ours vs stock mmdet in one process, same inputs.
 
-Each case is timed as the median of ``repeats`` runs after ``warmup`` runs. Peak extra memory is
+Each case is timed as the median of ``repeats`` runs after ``warmup`` runs; :func:`measure_pair`
+alternates stock and ours run by run, so that the machine's slow phases hit both sides alike. Peak extra memory is
 measured per case: on CUDA with the allocator's peak counter, on CPU from the kernel's resident-set
 high-water mark (``VmHWM``), reset before each case through ``/proc/self/clear_refs``.
 """
@@ -14,7 +15,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -43,6 +44,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _run_once(fn: Callable[[], object], device: torch.device) -> Tuple[float, float]:
+    """One timed run of ``fn``: ``(seconds, peak bytes above the level at its start)``."""
+    gc.collect()
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        ok = _reset_cpu_peak()
+        base = _rss_kib('VmRSS') * 1024
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    elapsed = time.perf_counter() - t0
+    if device.type == 'cuda':
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        peak = _rss_kib('VmHWM') * 1024 - base if ok else float('nan')
+    return elapsed, peak
+
+
+def _stats(runs: List[Tuple[float, float]]) -> Dict[str, float]:
+    times = [t for t, _ in runs]
+    return {'median_s': statistics.median(times), 'min_s': min(times),
+            'peak_extra_mib': max(p for _, p in runs) / 2**20}
+
+
 def measure(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
             device: torch.device | str = 'cpu') -> Dict[str, float]:
     """Times ``fn``; returns ``{'median_s', 'min_s', 'peak_extra_mib'}``.
@@ -54,26 +81,25 @@ def measure(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
     for _ in range(warmup):
         fn()
     _sync(device)
-    times: List[float] = []
-    peak = 0.0
+    return _stats([_run_once(fn, device) for _ in range(repeats)])
+
+
+def measure_pair(stock: Callable[[], object], ours: Callable[[], object], repeats: int = 5,
+                 warmup: int = 1, device: torch.device | str = 'cpu'
+                 ) -> Dict[str, Dict[str, float]]:
+    """Times ``stock`` and ``ours`` alternately (stock, ours, stock, ours, ...), so that a slow
+    phase of a noisy machine hits both sides alike; returns ``{'stock': ..., 'ours': ...}`` in
+    :func:`measure`'s format."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        stock()
+        ours()
+    _sync(device)
+    runs: Dict[str, List[Tuple[float, float]]] = {'stock': [], 'ours': []}
     for _ in range(repeats):
-        gc.collect()
-        if device.type == 'cuda':
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-        else:
-            ok = _reset_cpu_peak()
-            base = _rss_kib('VmRSS') * 1024
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-        if device.type == 'cuda':
-            peak = max(peak, torch.cuda.max_memory_allocated(device) - base)
-        else:
-            peak = max(peak, _rss_kib('VmHWM') * 1024 - base) if ok else float('nan')
-    return {'median_s': statistics.median(times), 'min_s': min(times),
-            'peak_extra_mib': peak / 2**20}
+        runs['stock'].append(_run_once(stock, device))
+        runs['ours'].append(_run_once(ours, device))
+    return {name: _stats(r) for name, r in runs.items()}
 
 
 def machine() -> Dict[str, str]:
