@@ -10,37 +10,21 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 from typing import Callable, Dict
 
-import mmdet
 import torch
-from mmengine.config import Config
 from mmengine.optim import OptimWrapper
 from mmengine.structures import InstanceData
 
 import mmdet_retina_plugin  # noqa: F401  (registers our modules)
+from mmdet_retina_plugin.testing import retinanet_r50_model_cfg as model_cfg
 from bench.harness import measure_pair, report
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmdet.utils import register_all_modules
 
-CONFIG = os.path.join(os.path.dirname(mmdet.__file__), '.mim', 'configs', 'retinanet',
-                      'retinanet_r50_fpn_1x_coco.py')
 IMG_SHAPES = [(800, 1216), (800, 1066)]
 NUM_GTS = 8
-
-
-def model_cfg(ours: bool) -> Config:
-    cfg = copy.deepcopy(Config.fromfile(CONFIG).model)
-    cfg.backbone.init_cfg = None  # no download
-    if ours:
-        cfg.neck = dict(type='RetinaFPN', in_channels=[256, 512, 1024, 2048], out_channels=256,
-                        start_level=1, num_outs=5, p6_source='input', relu_before_p7=False)
-        cfg.bbox_head.type = 'RetinaNetHead'
-        cfg.bbox_head.loss_cls.type = 'RetinaFocalLoss'
-        cfg.train_cfg.assigner.type = 'RetinaIoUAssigner'
-    return cfg
 
 
 def make_batch() -> Dict[str, list]:

@@ -4,10 +4,11 @@ The model is the real detector built from this plugin's four modules, shrunk (Re
 1/8 width, 16-channel FPN and head) so that an epoch over a few 96 px images takes a second on a
 CPU. Nothing is downloaded: the backbone starts from scratch.
 """
+import copy
 import os
 from typing import Any, Dict, Optional, Sequence
 
-from mmengine.config import Config
+from mmengine.config import Config, ConfigDict
 
 from .datasets.synthetic_shapes import make_dataset
 
@@ -114,3 +115,26 @@ def tiny_retinanet_config(data: Dict[str, object], work_dir: str, max_epochs: in
     if extra:
         config.merge_from_dict(extra)
     return config
+
+
+def retinanet_r50_model_cfg(ours: bool) -> ConfigDict:
+    """mmdet's ``retinanet_r50_fpn_1x_coco`` model config, optionally with our four modules
+    swapped in at the parity settings (P6 from C5, no ReLU before P7, L1 box loss); the
+    backbone's pretrained ``init_cfg`` is removed (nothing is downloaded).
+
+    The parity tests and the side-by-side benchmarks build both detectors from this, so the
+    two always compare the same architecture.
+    """
+    import mmdet
+    path = os.path.join(os.path.dirname(mmdet.__file__), '.mim', 'configs', 'retinanet',
+                        'retinanet_r50_fpn_1x_coco.py')
+    cfg = copy.deepcopy(Config.fromfile(path).model)
+    cfg.backbone.init_cfg = None
+    if ours:
+        cfg.neck = dict(type='RetinaFPN', in_channels=[256, 512, 1024, 2048], out_channels=256,
+                        start_level=1, num_outs=5, p6_source='input', relu_before_p7=False)
+        cfg.bbox_head.type = 'RetinaNetHead'
+        cfg.bbox_head.loss_cls.type = 'RetinaFocalLoss'
+        cfg.bbox_head.loss_bbox = dict(type='L1Loss', loss_weight=1.0)
+        cfg.train_cfg.assigner.type = 'RetinaIoUAssigner'
+    return cfg

@@ -1,5 +1,4 @@
 """Distributed helpers that are no-ops in a single process."""
-import torch
 import torch.distributed as dist
 from torch import Tensor
 

@@ -1,6 +1,8 @@
 """The benchmark harness: alternating side-by-side runs, statistics and the JSON report."""
 import json
 
+import pytest
+
 import bench.harness as harness
 
 
@@ -23,3 +25,10 @@ def test_report_writes_ratio_and_machine(tmp_path, monkeypatch, capsys):
     assert data['rows'][0]['ratio'] == 2.0 and data['notes'] == 'n'
     assert {'cpu', 'cores', 'torch', 'threads'} <= set(data['machine'])
     assert 'stock/ours' in capsys.readouterr().out
+
+
+def test_run_all_finds_every_benchmark_and_refuses_unknown_names():
+    from bench import run_all
+    with pytest.raises(SystemExit) as err:
+        run_all.main(['no_such_bench'])
+    assert "available: ['assigner', 'focal_loss', 'head', 'train_step']" in str(err.value)

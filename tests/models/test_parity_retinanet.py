@@ -7,38 +7,21 @@ detector-level ``init_weights()`` the Runner calls.
 """
 import copy
 import math
-import os
 
-import mmdet
 import pytest
 import torch
-from mmengine.config import Config
 from mmengine.structures import InstanceData
 
 import mmdet_retina_plugin  # noqa: F401  (registers our modules)
+from mmdet_retina_plugin.testing import retinanet_r50_model_cfg as model_cfg
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmdet.utils import register_all_modules
 
 register_all_modules()
 
-CONFIG = os.path.join(os.path.dirname(mmdet.__file__), '.mim', 'configs', 'retinanet',
-                      'retinanet_r50_fpn_1x_coco.py')
 # (h, w) of each image and its gt count; all are padded to one 256x320 batch
 IMAGES = [((256, 288), 0), ((224, 320), 1), ((256, 224), 8), ((192, 256), 100)]
-
-
-def model_cfg(ours: bool):
-    cfg = copy.deepcopy(Config.fromfile(CONFIG).model)
-    cfg.backbone.init_cfg = None  # no download
-    if ours:
-        cfg.neck = dict(type='RetinaFPN', in_channels=[256, 512, 1024, 2048], out_channels=256,
-                        start_level=1, num_outs=5, p6_source='input', relu_before_p7=False)
-        cfg.bbox_head.type = 'RetinaNetHead'
-        cfg.bbox_head.loss_cls.type = 'RetinaFocalLoss'
-        cfg.bbox_head.loss_bbox = dict(type='L1Loss', loss_weight=1.0)
-        cfg.train_cfg.assigner.type = 'RetinaIoUAssigner'
-    return cfg
 
 
 @pytest.fixture(scope='module')

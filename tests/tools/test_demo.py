@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import cv2
-import numpy as np
 
 from mmdet_retina_plugin.datasets.synthetic_shapes import META_FILE
 from mmdet_retina_plugin.tools import demo
