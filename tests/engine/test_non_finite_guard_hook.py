@@ -1,5 +1,6 @@
 """RetinaNonFiniteGuardHook on a one-layer model, compared with a hand-written SGD loop."""
 import math
+import warnings
 import os.path as osp
 
 import pytest
@@ -49,7 +50,7 @@ def reference(steps) -> ToyModel:
     return model
 
 
-def make_runner(tmp_path, hook, data=DATA, iters=len(DATA)) -> Runner:
+def make_runner(tmp_path, hook, data=DATA, iters=len(DATA), **kwargs) -> Runner:
     return Runner(
         model=ToyModel(), work_dir=str(tmp_path),
         train_dataloader=dict(dataset=[dict(inputs=torch.tensor(s)) for s in data],
@@ -59,7 +60,7 @@ def make_runner(tmp_path, hook, data=DATA, iters=len(DATA)) -> Runner:
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
         train_cfg=dict(by_epoch=False, max_iters=iters), custom_hooks=[hook],
         default_hooks=dict(checkpoint=None, logger=dict(type='LoggerHook', interval=1)),
-        default_scope='mmdet')
+        default_scope='mmdet', **kwargs)
 
 
 def params(model):
@@ -117,3 +118,17 @@ def test_refuses_to_save_non_finite_checkpoint(tmp_path):
 def test_invalid_args(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         RetinaNonFiniteGuardHook(**kwargs)
+
+
+def test_guard_keeps_the_parameter_scheduler_wrapper(tmp_path):
+    """mmengine's schedulers wrap ``OptimWrapper.step`` with a counter and warn when something
+    replaces it; the guard wraps that wrapper and puts it back after training."""
+    hook = RetinaNonFiniteGuardHook(action='skip')
+    runner = make_runner(tmp_path, hook, data=DATA[:2], iters=2,
+                         param_scheduler=dict(type='ConstantLR', factor=0.5, by_epoch=False))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        runner.train()
+    assert not [w for w in caught if 'has been overridden' in str(w.message)]
+    step = runner.optim_wrapper.__dict__['step']  # the scheduler's counter, restored
+    assert getattr(step, '_with_counter', False)

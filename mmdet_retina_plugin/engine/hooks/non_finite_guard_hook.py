@@ -1,5 +1,6 @@
 """Stops NaN/Inf losses and gradients from reaching the weights and the checkpoints."""
-from typing import Any, Callable, Dict, List, Optional, Sequence
+import functools
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -112,12 +113,14 @@ class RetinaNonFiniteGuardHook(Hook):
         self.skipped_iters: List[int] = []  # 1-based iterations whose step was skipped
         self._consecutive = 0
         self._events: List[str] = []
-        self._wrapped: List[OptimWrapper] = []
+        # (wrapper, its own update_params / step attributes before ours, None where absent)
+        self._wrapped: List[Tuple[OptimWrapper, Dict[str, Any]]] = []
 
     # -- optimizer wrapping ------------------------------------------------------------------
     def _guard_update_params(self, wrapper: OptimWrapper) -> Callable[..., None]:
         original = wrapper.update_params
 
+        @functools.wraps(original)
         def update_params(loss: Tensor, step_kwargs: Optional[Dict] = None,
                           zero_kwargs: Optional[Dict] = None) -> None:
             local_bad = not _all_finite([loss.detach()])
@@ -132,6 +135,10 @@ class RetinaNonFiniteGuardHook(Hook):
     def _guard_step(self, wrapper: OptimWrapper) -> Callable[..., None]:
         original = wrapper.step
 
+        # wraps: keeps the attributes of mmengine's parameter-scheduler counter that ``step``
+        # may already be (``_with_counter``), so the scheduler does not warn that ``step`` was
+        # overridden
+        @functools.wraps(original)
         def step(**kwargs: Any) -> None:
             grads = [p.grad for group in wrapper.optimizer.param_groups
                      for p in group['params'] if p.grad is not None]
@@ -147,17 +154,20 @@ class RetinaNonFiniteGuardHook(Hook):
         ow = runner.optim_wrapper
         wrappers = list(ow.values()) if isinstance(ow, OptimWrapperDict) else [ow]
         for w in wrappers:
-            # Instance attributes shadow the class methods just for this run; after_train
-            # deletes them again.
+            # Instance attributes shadow the class methods (or the scheduler's own wrapper of
+            # ``step``) just for this run; after_train puts back what was there.
+            self._wrapped.append((w, {n: w.__dict__.get(n) for n in ('update_params', 'step')}))
             w.update_params = self._guard_update_params(w)
             if self.check_grads and getattr(w, 'loss_scaler', None) is None:
                 w.step = self._guard_step(w)
-            self._wrapped.append(w)
 
     def after_train(self, runner) -> None:
-        for w in self._wrapped:
-            for name in ('update_params', 'step'):
-                w.__dict__.pop(name, None)
+        for w, before in self._wrapped:
+            for name, attr in before.items():
+                if attr is None:
+                    w.__dict__.pop(name, None)
+                else:
+                    setattr(w, name, attr)
         self._wrapped.clear()
 
     # -- per iteration -----------------------------------------------------------------------
