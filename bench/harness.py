@@ -3,10 +3,12 @@
 Each case is timed as the median of ``repeats`` runs after ``warmup`` runs; :func:`measure_pair`
 alternates stock and ours run by run, so that the machine's slow phases hit both sides alike. Peak extra memory is
 measured per case: on CUDA with the allocator's peak counter, on CPU from the kernel's resident-set
-high-water mark (``VmHWM``), reset before each case through ``/proc/self/clear_refs``.
+high-water mark (``VmHWM``), reset before each run through ``/proc/self/clear_refs`` after freed
+heap memory is handed back to the OS (``malloc_trim``).
 """
 from __future__ import annotations
 
+import ctypes
 import datetime
 import gc
 import json
@@ -30,6 +32,15 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f'{field} not in /proc/self/status')
 
 
+def _trim_heap() -> None:
+    """Hands freed heap memory back to the OS (glibc keeps it otherwise), so that a run's RSS
+    growth is not hidden by pages an earlier run left resident."""
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the peak may then read low
+        pass
+
+
 def _reset_cpu_peak() -> bool:
     try:
         with open('/proc/self/clear_refs', 'w') as f:
@@ -51,6 +62,7 @@ def _run_once(fn: Callable[[], object], device: torch.device) -> Tuple[float, fl
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
+        _trim_heap()
         ok = _reset_cpu_peak()
         base = _rss_kib('VmRSS') * 1024
     t0 = time.perf_counter()

@@ -17,6 +17,8 @@ def main(argv=None) -> None:
     if unknown:
         raise SystemExit(f'unknown benchmark(s) {unknown}; available: {names}')
     for name in wanted:
+        # each benchmark parses its own options from sys.argv: give it none of ours
+        sys.argv = [f'bench_{name}']
         importlib.import_module(f'bench.bench_{name}').main()
 
 
