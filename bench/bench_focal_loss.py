@@ -30,15 +30,15 @@ NUM_CLASSES = 80
 POS_FRACTION = 0.01
 
 
-def make_inputs(seed: int = 0) -> Dict[str, object]:
+def make_inputs(seed: int = 0, device: str = 'cpu') -> Dict[str, object]:
     """Logits ``(N, K)`` fp32, labels ``(N,)`` (``K`` = background), ones label weights."""
     g = torch.Generator().manual_seed(seed)
     pred = torch.randn(NUM_ANCHORS, NUM_CLASSES, generator=g) * 2 - 4
     labels = torch.full((NUM_ANCHORS,), NUM_CLASSES, dtype=torch.long)
     pos = torch.rand(NUM_ANCHORS, generator=g) < POS_FRACTION
     labels[pos] = torch.randint(0, NUM_CLASSES, (int(pos.sum()),), generator=g)
-    return dict(pred=pred, labels=labels, weight=torch.ones(NUM_ANCHORS),
-                avg_factor=float(pos.sum()))
+    return dict(pred=pred.to(device), labels=labels.to(device),
+                weight=torch.ones(NUM_ANCHORS, device=device), avg_factor=float(pos.sum()))
 
 
 def fwd_bwd(loss: torch.nn.Module, inp: Dict[str, object], weighted: bool) -> Callable[[], None]:
@@ -75,25 +75,34 @@ def check_parity(ours: torch.nn.Module, stock: torch.nn.Module, inp: Dict[str, o
 
 
 def main(repeats: int = 5) -> List[Dict[str, object]]:
-    inp = make_inputs()
+    # CUDA when present: stock FocalLoss then runs mmcv's CUDA sigmoid_focal_loss, ours Triton
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    inp = make_inputs(device=device)
     ours = MODELS.build(dict(type='RetinaFocalLoss'))
     ours_eager = MODELS.build(dict(type='RetinaFocalLoss', compile_min_numel=None))
     stock = FocalLoss()
     notes = [check_parity(ours, stock, inp)]
     fwd(ours, inp)()  # compile the forward-only kernel outside the timings
-    clone = measure(lambda: inp['pred'].clone(), repeats=repeats)
+    clone = measure(lambda: inp['pred'].clone(), repeats=repeats, device=device)
+
+    def pair(stock_fn: Callable[[], None], ours_fn: Callable[[], None]) -> Dict[str, object]:
+        return measure_pair(stock_fn, ours_fn, repeats, device=device)
+
     rows = [
         dict(case='fwd+bwd 2x201600x80 (no weight)',
-             **measure_pair(fwd_bwd(stock, inp, False), fwd_bwd(ours, inp, False), repeats)),
-        # the fallback when compiling is off or fails
+             **pair(fwd_bwd(stock, inp, False), fwd_bwd(ours, inp, False))),
+        # the fallback when compiling is off or fails (on CUDA: Triton either way)
         dict(case='fwd+bwd, ours eager (compile off)',
-             **measure_pair(fwd_bwd(stock, inp, False), fwd_bwd(ours_eager, inp, False),
-                            repeats)),
+             **pair(fwd_bwd(stock, inp, False), fwd_bwd(ours_eager, inp, False))),
         dict(case='fwd+bwd 2x201600x80 (label weights)',
-             **measure_pair(fwd_bwd(stock, inp, True), fwd_bwd(ours, inp, True), repeats)),
-        dict(case='fwd only (no_grad) 2x201600x80',
-             **measure_pair(fwd(stock, inp), fwd(ours, inp), repeats)),
+             **pair(fwd_bwd(stock, inp, True), fwd_bwd(ours, inp, True))),
+        dict(case='fwd only (no_grad) 2x201600x80', **pair(fwd(stock, inp), fwd(ours, inp))),
     ]
+    if device == 'cuda':
+        # mmcv's CUDA op rejects bf16; ours computes in fp32 from bf16 logits
+        bf16 = dict(inp, pred=inp['pred'].bfloat16())
+        rows.append(dict(case='fwd+bwd bf16 logits (stock: fp32)',
+                         **pair(fwd_bwd(stock, inp, False), fwd_bwd(ours, bf16, False))))
     notes.append(f'pred.clone() {clone["median_s"]:.4f} s (memory-traffic floor)')
     for r in rows:
         r['ours_over_clone'] = r['ours']['median_s'] / clone['median_s']

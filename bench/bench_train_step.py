@@ -62,12 +62,15 @@ def main() -> None:
     stock.init_weights()
     ours = MODELS.build(model_cfg(ours=True))
     ours.load_state_dict(stock.state_dict(), strict=True)
+    # on a GPU machine both train there (the data preprocessor moves the batch)
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    stock.to(device)
+    ours.to(device)
     data = make_batch()
     rows = [{'case': f'train_step R50 2x800x1216, {NUM_GTS} gts/img',
              **measure_pair(train_step(stock.train(), data), train_step(ours.train(), data),
-                            args.repeats)}]
-    report('bench_train_step', rows, notes=f'CPU, torch threads={torch.get_num_threads()}; '
-           'machine shared with other jobs: expect noise')
+                            args.repeats, device=device)}]
+    report('bench_train_step', rows, notes=f'{device}, torch threads={torch.get_num_threads()}')
 
 
 if __name__ == '__main__':
