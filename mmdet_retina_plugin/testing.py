@@ -138,3 +138,22 @@ def retinanet_r50_model_cfg(ours: bool) -> ConfigDict:
         cfg.bbox_head.loss_bbox = dict(type='L1Loss', loss_weight=1.0)
         cfg.train_cfg.assigner.type = 'RetinaIoUAssigner'
     return cfg
+
+
+def tiny_demo_config() -> Config:
+    """The demo's shared base (``configs/demo/_base_/retinanet_shapes_common.py``) with our four
+    modules at 16 channels: the demo's pipeline and runtime at test size.
+
+    Only available in a source checkout (the configs are not part of the installed package).
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = Config.fromfile(os.path.join(root, 'configs', 'demo', '_base_',
+                                       'retinanet_shapes_common.py'))
+    cfg.model.backbone.base_channels = 8
+    cfg.model.neck = dict(type='RetinaFPN', in_channels=[16, 32, 64], out_channels=16,
+                          start_level=0, num_outs=4, strides=(8, 16, 32, 64))
+    cfg.model.bbox_head.update(type='RetinaNetHead', in_channels=16, feat_channels=16,
+                               stacked_convs=1,
+                               loss_cls=dict(type='RetinaFocalLoss', use_sigmoid=True))
+    cfg.model.train_cfg.assigner.type = 'RetinaIoUAssigner'
+    return cfg

@@ -4,19 +4,17 @@ import os.path as osp
 
 import pytest
 import torch
-from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 from mmengine.structures import InstanceData
 
 import mmdet_retina_plugin  # noqa: F401
+from mmdet_retina_plugin.testing import tiny_demo_config
 from mmdet.registry import HOOKS, MODELS
 from mmdet.structures import DetDataSample
 from mmdet_retina_plugin.engine.hooks.assign_stats_hook import (RetinaAssignStatsHook,
                                                                  assignment_stats)
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DEMO_BASE = osp.join(REPO, 'configs', 'demo', '_base_', 'retinanet_shapes_common.py')
 
 # One square anchor of side 4*stride per location, centred on (stride*i, stride*j).
 ANCHORS = dict(type='AnchorGenerator', octave_base_scale=4, scales_per_octave=1, ratios=[1.0],
@@ -85,14 +83,7 @@ def test_runner_logs_scalars(tmp_path):
     from mmdet_retina_plugin.datasets.synthetic_shapes import make_dataset
     data = make_dataset(str(tmp_path / 'data'), 4, 0, image_size=(64, 64), seed=0,
                         object_size=(12, 40))
-    cfg = Config.fromfile(DEMO_BASE)
-    cfg.model.backbone.base_channels = 8
-    cfg.model.neck = dict(type='RetinaFPN', in_channels=[16, 32, 64], out_channels=16,
-                          start_level=0, num_outs=4, strides=(8, 16, 32, 64))
-    cfg.model.bbox_head.update(type='RetinaNetHead', in_channels=16, feat_channels=16,
-                               stacked_convs=1,
-                               loss_cls=dict(type='RetinaFocalLoss', use_sigmoid=True))
-    cfg.model.train_cfg.assigner.type = 'RetinaIoUAssigner'
+    cfg = tiny_demo_config()
     cfg.train_dataloader.update(batch_size=2, num_workers=0, persistent_workers=False)
     cfg.train_dataloader.dataset.update(data_root=str(tmp_path / 'data'),
                                         ann_file=data['train_ann'], data_prefix=dict(img=data['train_img'] + '/'))

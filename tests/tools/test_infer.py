@@ -1,20 +1,17 @@
 """``mmdet-retina infer`` with a randomly initialised tiny RetinaNet checkpoint."""
 import json
-import os.path as osp
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import mmdet_retina_plugin  # noqa: F401
+from mmdet_retina_plugin.testing import tiny_demo_config
 from mmdet.registry import MODELS
 from mmdet_retina_plugin.tools import infer
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DEMO_BASE = osp.join(REPO, 'configs', 'demo', '_base_', 'retinanet_shapes_common.py')
 
 
 @pytest.fixture(scope='module')
@@ -23,14 +20,7 @@ def tiny_detector(tmp_path_factory):
     from mmdet_retina_plugin.datasets.synthetic_shapes import make_dataset
     root = tmp_path_factory.mktemp('infer')
     data = make_dataset(str(root / 'data'), 0, 2, image_size=(64, 96), seed=0)
-    cfg = Config.fromfile(DEMO_BASE)
-    cfg.model.backbone.base_channels = 8
-    cfg.model.neck = dict(type='RetinaFPN', in_channels=[16, 32, 64], out_channels=16,
-                          start_level=0, num_outs=4, strides=(8, 16, 32, 64))
-    cfg.model.bbox_head.update(type='RetinaNetHead', in_channels=16, feat_channels=16,
-                               stacked_convs=1,
-                               loss_cls=dict(type='RetinaFocalLoss', use_sigmoid=True))
-    cfg.model.train_cfg.assigner.type = 'RetinaIoUAssigner'
+    cfg = tiny_demo_config()
     # a random head scores ~prior_prob: keep every box so there is something to draw
     cfg.model.test_cfg.score_thr = 0.0
     cfg.model.test_cfg.max_per_img = 5
