@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: env demo demo-stock test bench clean-env
+.PHONY: env demo demo-stock demo-seeds test bench clean-env
 
 env:
 	@bash tools/make_env.sh
@@ -13,6 +13,10 @@ demo: env
 
 demo-stock: env
 	$(PY) -m mmdet_retina_plugin.tools.demo --compare
+
+# demo-stock over seeds 0..3 (about 17 min per seed): mean, spread and ours - stock per metric
+demo-seeds: env
+	$(PY) -m mmdet_retina_plugin.tools.demo_seeds
 
 test: env
 	$(PY) -m pytest tests $(PYTEST_ARGS)

@@ -15,7 +15,7 @@ Steps, for the plugin's detector (default), mmdet's stock one (``--stock``) or b
 Usage::
 
     python -m mmdet_retina_plugin.tools.demo [--stock | --compare] [--work-dir work_dirs/demo]
-                                              [--quick]
+                                              [--seed N] [--quick]
 
 ``--quick`` trains a few iterations on a tiny data set: it checks the plumbing, not the accuracy.
 """
@@ -194,18 +194,21 @@ def plot_curves(records: Sequence[Dict[str, float]], out_file: str, title: str) 
     return out_file
 
 
-def run_one(tag: str, work_dir: str, data_root: str, quick: bool) -> Dict[str, object]:
-    """Train, evaluate, draw and plot one detector (``tag`` in ``CONFIGS``) into ``work_dir``."""
+def run_one(tag: str, work_dir: str, data_root: str, quick: bool,
+            seed: Optional[int] = None) -> Dict[str, object]:
+    """Train, evaluate, draw and plot one detector (``tag`` in ``CONFIGS``) into ``work_dir``;
+    ``seed`` replaces the config's ``randomness.seed`` (initial weights, data order, flips)."""
     start = time.perf_counter()
     options = data_options(data_root, workers=0 if quick else None)
     options += QUICK_OPTIONS if quick else []
+    options += [] if seed is None else [f'randomness.seed={seed}']
     train_dir = os.path.join(work_dir, 'train')
     checkpoint = train(CONFIGS[tag], train_dir, options)
     train_s = time.perf_counter() - start
     result = evaluate_and_draw(CONFIGS[tag], checkpoint, work_dir, options, tag)
     plot = plot_curves(read_scalars(train_dir), os.path.join(work_dir, 'curves.png'),
                        f'RetinaNet ({tag}) on synthetic shapes')
-    return dict(name=tag, config=str(CONFIGS[tag]), checkpoint=checkpoint,
+    return dict(name=tag, config=str(CONFIGS[tag]), checkpoint=checkpoint, seed=seed,
                 bbox_mAP=float(result['coco/bbox_mAP']),
                 bbox_mAP_50=float(result['coco/bbox_mAP_50']),
                 bbox_mAP_s=float(result['coco/bbox_mAP_s']),
@@ -239,6 +242,15 @@ def format_summary(results: Sequence[Dict[str, object]], total_s: float) -> str:
     return '\n'.join(lines)
 
 
+def write_summary(work_dir: str, summary: Dict[str, object]) -> str:
+    """Writes ``summary`` to ``<work_dir>/summary.json``; returns the path."""
+    os.makedirs(work_dir, exist_ok=True)
+    path = os.path.join(work_dir, 'summary.json')
+    with open(path, 'w') as f:
+        json.dump(summary, f, indent=1)
+    return path
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     mode = parser.add_mutually_exclusive_group()
@@ -248,6 +260,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     parser.add_argument('--data-root', default=None,
                         help='data set directory (default: data/shapes, or '
                              '<work-dir>/shapes_quick with --quick)')
+    parser.add_argument('--seed', type=int, default=None,
+                        help="training seed (default: the config's, 0); both detectors of "
+                             '--compare start from the same weights under one seed')
     parser.add_argument('--quick', action='store_true',
                         help='a few iterations on a tiny data set (a smoke test)')
     args = parser.parse_args(argv)
@@ -258,14 +273,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     data_root = ensure_dataset(data_root, args.quick)
     tags = ['ours', 'stock'] if args.compare else ['stock'] if args.stock else ['ours']
     results = [run_one(tag, os.path.join(args.work_dir, tag) if args.compare else args.work_dir,
-                       data_root, args.quick) for tag in tags]
+                       data_root, args.quick, args.seed) for tag in tags]
     total_s = time.perf_counter() - start
     print(format_summary(results, total_s))
     summary = dict(results=results, total_s=round(total_s, 1), quick=args.quick,
                    data_root=data_root, cpu_count=os.cpu_count())
-    os.makedirs(args.work_dir, exist_ok=True)
-    with open(os.path.join(args.work_dir, 'summary.json'), 'w') as f:
-        json.dump(summary, f, indent=1)
+    write_summary(args.work_dir, summary)
     return summary
 
 

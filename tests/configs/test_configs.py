@@ -284,3 +284,18 @@ def test_training_configs_carry_the_reliability_pieces(path: Path):
     types = [t.type for t in dataset.pipeline]
     assert types.index('RetinaSanitizeGt') == types.index('LoadAnnotations') + 1
     Compose(dataset.pipeline)  # every transform is registered and builds
+
+
+def test_demo_configs_start_from_the_same_weights():
+    """The demo's ours-vs-stock comparison starts both detectors from identical weights: under
+    one seed our modules draw the same initial values as mmdet's."""
+    states = []
+    for name in ('retinanet_shapes.py', 'retinanet_shapes_stock.py'):
+        cfg = Config.fromfile(str(CONFIG_ROOT / 'demo' / name))
+        torch.manual_seed(cfg.randomness.seed)
+        model = MODELS.build(cfg.model)
+        model.init_weights()
+        states.append(model.state_dict())
+    assert list(states[0]) == list(states[1])
+    for name, stock_value in states[1].items():
+        torch.testing.assert_close(states[0][name], stock_value, rtol=0, atol=0, msg=name)

@@ -215,7 +215,9 @@ class RetinaNetHead(BaseDenseHead):
         predictor), then any user ``init_cfg`` (e.g. ``Pretrained``) on top.
 
         Done here rather than through the default ``init_cfg`` so that the prior bias does not
-        depend on an ``override`` entry that a user config could drop.
+        depend on an ``override`` entry that a user config could drop. Draws the same random
+        numbers in the same order as mmdet's ``RetinaHead``, so under one seed both start from
+        identical weights and swapping the head into a seeded config leaves its start unchanged.
         """
         if not self._is_init:
             for m in self.modules():
@@ -223,6 +225,8 @@ class RetinaNetHead(BaseDenseHead):
                     nn.init.normal_(m.weight, mean=0.0, std=0.01)
                     if m.bias is not None:
                         nn.init.zeros_(m.bias)
+            # RetinaHead's init_cfg override draws the class predictor a second time.
+            nn.init.normal_(self.retina_cls.weight, mean=0.0, std=0.01)
             nn.init.constant_(self.retina_cls.bias,
                               -math.log((1.0 - self.prior_prob) / self.prior_prob))
         super().init_weights()

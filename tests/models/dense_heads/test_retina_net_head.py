@@ -182,6 +182,22 @@ def test_init_prior_bias_and_normal_convs():
     assert torch.count_nonzero(head.cls_convs[0].conv.bias) == 0
 
 
+@pytest.mark.parametrize('stacked_convs', [0, 2])
+def test_seeded_init_equals_mmdet(stacked_convs):
+    """Same seed, same initial weights as RetinaHead: a seeded run starts where stock's does."""
+    common = dict(num_classes=K, in_channels=C, feat_channels=C, stacked_convs=stacked_convs,
+                  norm_cfg=dict(type='GN', num_groups=4), loss_cls=FOCAL)
+    heads = []
+    for head_type in ('RetinaHead', 'RetinaNetHead'):
+        torch.manual_seed(3)
+        head = MODELS.build(dict(type=head_type, **common))
+        head.init_weights()
+        heads.append(head.state_dict())
+    assert list(heads[0]) == list(heads[1])
+    for name, stock_value in heads[0].items():
+        torch.testing.assert_close(heads[1][name], stock_value, rtol=0, atol=0, msg=name)
+
+
 def test_user_init_cfg_applies_on_top():
     head = MODELS.build(dict(type='RetinaNetHead', num_classes=K, in_channels=C,
                              feat_channels=C, init_cfg=dict(type='Constant', val=0.5,
