@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from typing import List, Optional
 
 # subcommand -> (module under mmdet_retina_plugin.tools, help); imported only when used
@@ -35,7 +36,22 @@ def _tool(module: str):
     return importlib.import_module(f'mmdet_retina_plugin.tools.{module}')
 
 
+def _forget_launcher_requirement() -> None:
+    """Drops ``__requires__`` from ``__main__``.
+
+    ``pip install -e .`` under setuptools < 64 (openmim pins 60.2) writes an easy_install
+    launcher that sets ``__main__.__requires__``; when mmengine later imports ``pkg_resources``
+    (to resolve ``mmdet::`` bases), it re-checks every installed requirement of this package,
+    finds torch's ``setuptools>=77`` unmet and raises ``VersionConflict``, so any subcommand
+    with a config died. The launcher has already found our entry point; nothing else needs it.
+    """
+    main_module = sys.modules.get('__main__')
+    if main_module is not None and hasattr(main_module, '__requires__'):
+        del main_module.__requires__
+
+
 def main(argv: Optional[List[str]] = None) -> None:
+    _forget_launcher_requirement()
     args = build_parser().parse_args(argv)
     import mmdet_retina_plugin  # noqa: F401  (registers our modules for the configs)
     _tool(SUBCOMMANDS[args.command][0]).main(args)

@@ -1,17 +1,19 @@
-"""The demo's ours-vs-stock comparison over several training seeds.
+"""The demo's comparison with stock mmdet over several training seeds.
 
-One demo run compares one training trajectory per detector. Ours and stock compute the same
-function and start from the same weights under a seed, but their floating-point sums differ in
-order, so the trajectories drift apart and the final mAPs differ by training noise. This tool
-runs ``demo --compare`` once per seed and reports each side's mean and spread and the paired
-difference (ours - stock), which is what tells "equal" from "worse".
+One demo run compares one training trajectory per detector. ``parity`` (our modules, mmdet's
+settings) and ``stock`` compute the same function and start from the same weights under a seed,
+but their floating-point sums differ in order, so the trajectories drift apart and the final mAPs
+differ by training noise. This tool trains each detector once per seed and reports each one's
+mean and spread and the paired difference to stock, which is what tells "equal" from "worse".
 
 Usage::
 
     python -m mmdet_retina_plugin.tools.demo_seeds [--seeds 0 1 2 3]
+                                                    [--detectors ours parity stock]
                                                     [--work-dir work_dirs/demo_seeds]
 
-About 17 minutes per seed on 2 CPU cores. Writes ``<work-dir>/summary.json``.
+About 8.5 minutes per detector and seed on 2 CPU cores. Writes ``<work-dir>/summary.json``
+after every seed, so an interrupted study keeps what it finished.
 """
 from __future__ import annotations
 
@@ -23,49 +25,57 @@ from typing import Dict, List, Optional, Sequence
 from mmdet_retina_plugin.tools import demo
 
 METRICS = ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_s', 'bbox_mAP_m', 'bbox_mAP_l')
+REFERENCE = 'stock'
 
 
-def summarise(runs: Sequence[Dict[str, Dict[str, float]]]) -> Dict[str, Dict[str, float]]:
-    """Mean and sample standard deviation of each metric for ours, stock and ours - stock.
+def _std(values: Sequence[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(runs: Sequence[Dict[str, Dict[str, float]]]) -> Dict[str, Dict[str, dict]]:
+    """Mean and sample standard deviation of each metric per detector, and of its paired
+    difference to ``stock``.
 
     Args:
-        runs: one dict per seed, ``{'ours': {metric: value}, 'stock': {metric: value}}``.
+        runs: one dict per seed, ``{detector: {metric: value}}``; every seed has the same
+            detectors.
 
     Returns:
-        ``{metric: {'ours_mean', 'ours_std', 'stock_mean', 'stock_std', 'diff_mean',
-        'diff_std', 'ours_not_below'}}``; stds are 0 for a single seed and ``ours_not_below``
-        counts the seeds where ours >= stock.
+        ``{detector: {metric: {'mean', 'std'[, 'diff_mean', 'diff_std', 'not_below']}}}``; the
+        ``diff_*`` entries (detector - stock) and ``not_below`` (seeds where detector >= stock)
+        exist for detectors other than stock when stock ran. Stds are 0 for a single seed.
     """
-    out = {}
-    for key in METRICS:
-        ours = [r['ours'][key] for r in runs]
-        stock = [r['stock'][key] for r in runs]
-        diff = [a - b for a, b in zip(ours, stock)]
-        std = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
-        out[key] = dict(ours_mean=statistics.fmean(ours), ours_std=std(ours),
-                        stock_mean=statistics.fmean(stock), stock_std=std(stock),
-                        diff_mean=statistics.fmean(diff), diff_std=std(diff),
-                        ours_not_below=sum(d >= 0 for d in diff))
+    out: Dict[str, Dict[str, dict]] = {}
+    for name in runs[0]:
+        out[name] = {}
+        for key in METRICS:
+            values = [r[name][key] for r in runs]
+            entry = dict(mean=statistics.fmean(values), std=_std(values))
+            if name != REFERENCE and REFERENCE in runs[0]:
+                diff = [v - r[REFERENCE][key] for v, r in zip(values, runs)]
+                entry.update(diff_mean=statistics.fmean(diff), diff_std=_std(diff),
+                             not_below=sum(d >= 0 for d in diff))
+            out[name][key] = entry
     return out
 
 
 def format_table(seeds: Sequence[int], runs: Sequence[Dict[str, Dict[str, float]]],
-                 stats: Dict[str, Dict[str, float]]) -> str:
-    """Per-seed bbox mAP of both sides, then mean +- std of every metric."""
-    lines = ['', '=' * 72, f'Demo, ours vs stock over {len(seeds)} seeds',
-             'seed'.ljust(8) + 'ours mAP'.rjust(12) + 'stock mAP'.rjust(12)
-             + 'ours - stock'.rjust(16)]
+                 stats: Dict[str, Dict[str, dict]]) -> str:
+    """Per-seed bbox mAP of every detector, then mean +- std and the difference to stock."""
+    names = list(runs[0])
+    lines = ['', '=' * 72, f'Demo over {len(seeds)} seeds: bbox mAP (COCO 0.50:0.95)',
+             'seed'.ljust(8) + ''.join(n.rjust(12) for n in names)]
     for seed, run in zip(seeds, runs):
-        a, b = run['ours']['bbox_mAP'], run['stock']['bbox_mAP']
-        lines.append(f'{seed:<8d}{a:12.3f}{b:12.3f}{a - b:+16.3f}')
-    lines.append('')
-    lines.append('metric'.ljust(14) + 'ours'.rjust(16) + 'stock'.rjust(16)
-                 + 'ours - stock'.rjust(18) + 'ours >= stock'.rjust(15))
-    for key, s in stats.items():
-        lines.append(key.ljust(14) + f'{s["ours_mean"]:.3f} +- {s["ours_std"]:.3f}'.rjust(16)
-                     + f'{s["stock_mean"]:.3f} +- {s["stock_std"]:.3f}'.rjust(16)
-                     + f'{s["diff_mean"]:+.3f} +- {s["diff_std"]:.3f}'.rjust(18)
-                     + f'{s["ours_not_below"]}/{len(seeds)}'.rjust(15))
+        lines.append(f'{seed:<8d}' + ''.join(f'{run[n]["bbox_mAP"]:12.3f}' for n in names))
+    lines += ['', 'detector'.ljust(10) + 'metric'.ljust(14) + 'mean +- std'.rjust(16)
+              + f'- {REFERENCE}'.rjust(18) + f'>= {REFERENCE}'.rjust(12)]
+    for name in names:
+        for key, s in stats[name].items():
+            line = name.ljust(10) + key.ljust(14) + f'{s["mean"]:.3f} +- {s["std"]:.3f}'.rjust(16)
+            if 'diff_mean' in s:
+                line += (f'{s["diff_mean"]:+.3f} +- {s["diff_std"]:.3f}'.rjust(18)
+                         + f'{s["not_below"]}/{len(seeds)}'.rjust(12))
+            lines.append(line)
     lines.append('=' * 72)
     return '\n'.join(lines)
 
@@ -73,27 +83,31 @@ def format_table(seeds: Sequence[int], runs: Sequence[Dict[str, Dict[str, float]
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3])
+    parser.add_argument('--detectors', nargs='+', choices=list(demo.CONFIGS),
+                        default=list(demo.CONFIGS))
     parser.add_argument('--work-dir', default='work_dirs/demo_seeds')
     parser.add_argument('--data-root', default=None)
     parser.add_argument('--quick', action='store_true',
                         help='a few iterations per seed on a tiny data set (a smoke test)')
     args = parser.parse_args(argv)
 
+    data_root = demo.ensure_dataset(
+        args.data_root or (os.path.join(args.work_dir, 'shapes_quick') if args.quick
+                           else 'data/shapes'), args.quick)
     runs: List[Dict[str, Dict[str, float]]] = []
     for seed in args.seeds:
-        argv_one = ['--compare', '--seed', str(seed),
-                    '--work-dir', os.path.join(args.work_dir, f'seed{seed}')]
-        argv_one += ['--data-root', args.data_root] if args.data_root else []
-        argv_one += ['--quick'] if args.quick else []
-        summary = demo.main(argv_one)
-        runs.append({r['name']: {k: r[k] for k in METRICS + ('train_s',)}
-                     for r in summary['results']})
-    stats = summarise(runs)
-    print(format_table(args.seeds, runs, stats))
-    result = dict(seeds=args.seeds, runs=runs, stats=stats, quick=args.quick,
-                  cpu_count=os.cpu_count())
-    demo.write_summary(args.work_dir, result)
-    return result
+        run = {}
+        for name in args.detectors:
+            result = demo.run_one(name, os.path.join(args.work_dir, f'seed{seed}', name),
+                                  data_root, args.quick, seed)
+            run[name] = {k: result[k] for k in METRICS + ('train_s',)}
+        runs.append(run)
+        stats = summarise(runs)
+        summary = dict(seeds=args.seeds[:len(runs)], runs=runs, stats=stats, quick=args.quick,
+                       data_root=data_root, cpu_count=os.cpu_count())
+        demo.write_summary(args.work_dir, summary)
+        print(format_table(args.seeds[:len(runs)], runs, stats), flush=True)
+    return summary
 
 
 if __name__ == '__main__':

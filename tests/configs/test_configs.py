@@ -287,15 +287,24 @@ def test_training_configs_carry_the_reliability_pieces(path: Path):
 
 
 def test_demo_configs_start_from_the_same_weights():
-    """The demo's ours-vs-stock comparison starts both detectors from identical weights: under
-    one seed our modules draw the same initial values as mmdet's."""
-    states = []
-    for name in ('retinanet_shapes.py', 'retinanet_shapes_stock.py'):
-        cfg = Config.fromfile(str(CONFIG_ROOT / 'demo' / name))
+    """The demo's three detectors start from identical weights under one seed (our modules draw
+    the same initial values as mmdet's) and differ only where they should: ours adds the
+    normaliser's moving average, parity is ours without it."""
+    states = {}
+    for name in ('retinanet_shapes', 'retinanet_shapes_parity', 'retinanet_shapes_stock'):
+        cfg = Config.fromfile(str(CONFIG_ROOT / 'demo' / f'{name}.py'))
         torch.manual_seed(cfg.randomness.seed)
         model = MODELS.build(cfg.model)
         model.init_weights()
-        states.append(model.state_dict())
-    assert list(states[0]) == list(states[1])
-    for name, stock_value in states[1].items():
-        torch.testing.assert_close(states[0][name], stock_value, rtol=0, atol=0, msg=name)
+        states[name] = model.state_dict()
+    stock = states.pop('retinanet_shapes_stock')
+    assert states['retinanet_shapes'].pop('bbox_head.avg_factor_ema').isnan()
+    for state in states.values():
+        assert list(state) == list(stock)
+        for name, stock_value in stock.items():
+            torch.testing.assert_close(state[name], stock_value, rtol=0, atol=0, msg=name)
+    plugin = Config.fromfile(str(CONFIG_ROOT / 'demo' / 'retinanet_shapes.py')).model
+    parity = Config.fromfile(str(CONFIG_ROOT / 'demo' / 'retinanet_shapes_parity.py')).model
+    assert plugin.bbox_head.pop('avg_factor_momentum') == 0.9
+    assert parity.bbox_head.pop('avg_factor_momentum') is None
+    assert plugin == parity

@@ -1,4 +1,4 @@
-"""The seed study of the demo comparison: statistics, wiring of seeds into the runs."""
+"""The seed study of the demo comparison: statistics, wiring of seeds and detectors."""
 import json
 import math
 
@@ -15,34 +15,38 @@ def _metrics(m):
 def test_summarise_means_stds_and_paired_difference():
     runs = [dict(ours=_metrics(0.5), stock=_metrics(0.4)),
             dict(ours=_metrics(0.6), stock=_metrics(0.7))]
-    s = demo_seeds.summarise(runs)['bbox_mAP']
-    assert s['ours_mean'] == pytest.approx(0.55) and s['stock_mean'] == pytest.approx(0.55)
-    assert s['ours_std'] == pytest.approx(math.sqrt(0.005))  # sample std of (0.5, 0.6)
-    assert s['stock_std'] == pytest.approx(math.sqrt(0.045))
+    stats = demo_seeds.summarise(runs)
+    s = stats['ours']['bbox_mAP']
+    assert s['mean'] == pytest.approx(0.55) and stats['stock']['bbox_mAP']['mean'] == \
+        pytest.approx(0.55)
+    assert s['std'] == pytest.approx(math.sqrt(0.005))  # sample std of (0.5, 0.6)
+    assert stats['stock']['bbox_mAP']['std'] == pytest.approx(math.sqrt(0.045))
     assert s['diff_mean'] == pytest.approx(0.0) and s['diff_std'] == pytest.approx(math.sqrt(0.02))
-    assert s['ours_not_below'] == 1
-    one = demo_seeds.summarise(runs[:1])['bbox_mAP_50']
+    assert s['not_below'] == 1
+    assert 'diff_mean' not in stats['stock']['bbox_mAP']  # stock is the reference
+    one = demo_seeds.summarise(runs[:1])['ours']['bbox_mAP_50']
     assert one['diff_mean'] == pytest.approx(0.1) and one['diff_std'] == 0.0
+    alone = demo_seeds.summarise([dict(ours=_metrics(0.5))])['ours']['bbox_mAP']
+    assert 'diff_mean' not in alone  # no stock run, nothing to compare with
 
 
-def test_main_runs_one_comparison_per_seed(tmp_path, monkeypatch):
+def test_main_trains_every_detector_per_seed(tmp_path, monkeypatch):
     calls = []
 
-    def fake_demo(argv):
-        calls.append(argv)
-        seed = int(argv[argv.index('--seed') + 1])
-        return dict(results=[dict(name='ours', **_metrics(0.5 + seed / 100)),
-                             dict(name='stock', **_metrics(0.5))])
+    def fake_run_one(name, work_dir, data_root, quick, seed):
+        calls.append((name, seed, work_dir, data_root))
+        return _metrics(0.5 + seed / 100 if name == 'ours' else 0.5)
 
-    monkeypatch.setattr(demo, 'main', fake_demo)
-    out = demo_seeds.main(['--seeds', '3', '5', '--work-dir', str(tmp_path)])
-    assert [c[:3] for c in calls] == [['--compare', '--seed', '3'], ['--compare', '--seed', '5']]
-    assert [c[c.index('--work-dir') + 1] for c in calls] == [str(tmp_path / 'seed3'),
-                                                           str(tmp_path / 'seed5')]
+    monkeypatch.setattr(demo, 'run_one', fake_run_one)
+    monkeypatch.setattr(demo, 'ensure_dataset', lambda root, quick: '/data/' + root)
+    out = demo_seeds.main(['--seeds', '3', '5', '--detectors', 'ours', 'stock',
+                           '--work-dir', str(tmp_path), '--data-root', 'x'])
+    assert [c[:2] for c in calls] == [('ours', 3), ('stock', 3), ('ours', 5), ('stock', 5)]
+    assert calls[0][2] == str(tmp_path / 'seed3' / 'ours') and calls[0][3] == '/data/x'
     saved = json.load(open(tmp_path / 'summary.json'))
     assert saved['seeds'] == [3, 5] and saved == json.loads(json.dumps(out))
-    assert saved['stats']['bbox_mAP']['diff_mean'] == pytest.approx(0.04)
-    assert saved['stats']['bbox_mAP']['ours_not_below'] == 2
+    assert saved['stats']['ours']['bbox_mAP']['diff_mean'] == pytest.approx(0.04)
+    assert saved['stats']['ours']['bbox_mAP']['not_below'] == 2
 
 
 class _Stop(Exception):

@@ -5,8 +5,9 @@ _base_ = ['mmdet::_base_/default_runtime.py']
 
 custom_imports = dict(imports=['mmdet_retina_plugin'], allow_failed_imports=False)
 
-# The demo (python -m mmdet_retina_plugin.tools.demo) writes this data set: 1000 train / 100 val
-# images of 160 x 160 px, shapes 10..112 px (see FULL_DATA there).
+# The demo (python -m mmdet_retina_plugin.tools.demo) writes this data set: 1000 train / 500 val
+# images of 160 x 160 px, shapes 10..112 px (see FULL_DATA there). 500 val images (1601 boxes):
+# on 100 the mAP of one checkpoint moved by up to 0.04 with the choice of images.
 data_root = 'data/shapes/'
 classes = ('circle', 'square', 'triangle', 'cross', 'ring')
 num_classes = len(classes)
@@ -138,7 +139,7 @@ test_evaluator = val_evaluator
 # 20 epochs x 250 iterations of batch 4 (5000 iterations): about 7 minutes on 2 CPU cores
 # (mAP still rose by ~0.05 from epoch 14 to 20 in the tuning runs).
 max_epochs = 20
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=2)
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=4)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 

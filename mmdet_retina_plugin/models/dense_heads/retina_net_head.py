@@ -123,6 +123,12 @@ class RetinaNetHead(BaseDenseHead):
         sync_avg_factor: divide the losses by the positive-anchor count averaged over all
             processes (one all-reduce per step) instead of this process's own count, so every
             rank weighs an anchor alike, as one large batch would (no-op in one process).
+        avg_factor_momentum: None divides the losses by this step's positive count (mmdet);
+            a momentum ``m`` in [0, 1) divides them by an exponential moving average of it,
+            ``ema = m * ema + (1 - m) * count`` (detectron2's RetinaNet uses 0.9), so a
+            step with few positives, common with small batches, does not take an outsized
+            step. The average is a buffer (``avg_factor_ema``, checkpointed; it starts from the
+            first training step's count) and is updated only in training mode.
         train_cfg: ``assigner`` (any; batched through ``assign_batch`` when it has it),
             ``allowed_border`` (-1: keep anchors crossing the image border), ``pos_weight``
             (<= 0: 1), optional ``sampler`` (must be ``PseudoSampler``).
@@ -151,6 +157,7 @@ class RetinaNetHead(BaseDenseHead):
                      loss_weight=1.0),
                  loss_bbox: ConfigType = dict(type='L1Loss', loss_weight=1.0),
                  sync_avg_factor: bool = False,
+                 avg_factor_momentum: Optional[float] = None,
                  train_cfg: OptConfigType = None,
                  test_cfg: OptConfigType = None,
                  init_cfg: OptMultiConfig = None) -> None:
@@ -164,6 +171,9 @@ class RetinaNetHead(BaseDenseHead):
             raise ValueError(f'stacked_convs must be >= 0, got {stacked_convs}')
         if not 0.0 < prior_prob < 1.0:
             raise ValueError(f'prior_prob must be in (0, 1), got {prior_prob}')
+        if avg_factor_momentum is not None and not 0.0 <= avg_factor_momentum < 1.0:
+            raise ValueError(f'avg_factor_momentum must be None or in [0, 1), got '
+                             f'{avg_factor_momentum}')
         if not loss_cls.get('use_sigmoid', False):
             raise ValueError('loss_cls.use_sigmoid must be True: RetinaNet scores each class '
                              'with a sigmoid (no background logit)')
@@ -176,6 +186,10 @@ class RetinaNetHead(BaseDenseHead):
         self.prior_prob = prior_prob
         self.reg_decoded_bbox = reg_decoded_bbox
         self.sync_avg_factor = sync_avg_factor
+        self.avg_factor_momentum = avg_factor_momentum
+        if avg_factor_momentum is not None:
+            # NaN until the first training step; a buffer so that resuming continues the average
+            self.register_buffer('avg_factor_ema', torch.tensor(float('nan')))
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
 
@@ -368,6 +382,8 @@ class RetinaNetHead(BaseDenseHead):
         avg_factor = targets.avg_factor
         if self.sync_avg_factor:
             avg_factor = reduce_mean_avg_factor(avg_factor)
+        if self.avg_factor_momentum is not None:
+            avg_factor = self._smoothed_avg_factor(avg_factor)
 
         flat_cls = _flatten_levels(cls_scores, self.cls_out_channels)
         loss_cls = self.loss_cls(flat_cls.reshape(-1, self.cls_out_channels),
@@ -385,6 +401,18 @@ class RetinaNetHead(BaseDenseHead):
             pos_target = self.bbox_coder.encode(pos_anchors, pos_gt)
         loss_bbox = self.loss_bbox(pos_pred, pos_target, avg_factor=avg_factor)
         return dict(loss_cls=loss_cls, loss_bbox=loss_bbox)
+
+    def _smoothed_avg_factor(self, avg_factor: Tensor) -> Tensor:
+        """The moving average of the positive count after this step (see
+        ``avg_factor_momentum``); updated in place, without a host sync, in training mode."""
+        ema = self.avg_factor_ema
+        count = avg_factor.detach().to(ema.dtype)
+        new = torch.where(ema.isnan(), count,
+                          self.avg_factor_momentum * ema + (1 - self.avg_factor_momentum) * count)
+        if not self.training:
+            return new
+        ema.copy_(new)
+        return ema.clone()
 
     # ------------------------------------------------------------------ inference
     def predict_by_feat(self,

@@ -34,8 +34,9 @@ TEST_CFG = dict(nms_pre=1000, min_bbox_size=0, score_thr=0.05,
 FOCAL = dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0)
 
 
-def build_pair(assigner='MaxIoUAssigner', train=None, test=None, **head):
-    """mmdet's RetinaHead and ours with the same weights; ours uses ``assigner``."""
+def build_pair(assigner='MaxIoUAssigner', train=None, test=None, ours_only=None, **head):
+    """mmdet's RetinaHead and ours with the same weights; ours uses ``assigner`` and the
+    extra arguments ``ours_only``."""
     train_cfg = ConfigDict(copy.deepcopy(TRAIN_CFG), **(train or {}))
     ours_train = copy.deepcopy(train_cfg)
     ours_train.assigner.type = assigner
@@ -43,9 +44,11 @@ def build_pair(assigner='MaxIoUAssigner', train=None, test=None, **head):
     common = dict(num_classes=K, in_channels=C, feat_channels=C, stacked_convs=2,
                   loss_cls=FOCAL, test_cfg=ConfigDict(TEST_CFG, **(test or {})), **head)
     stock = MODELS.build(dict(type='RetinaHead', train_cfg=train_cfg, **common))
-    ours = MODELS.build(dict(type='RetinaNetHead', train_cfg=ours_train, **common))
+    ours = MODELS.build(dict(type='RetinaNetHead', train_cfg=ours_train, **common,
+                             **(ours_only or {})))
     stock.init_weights()
-    ours.load_state_dict(stock.state_dict(), strict=True)
+    missing, unexpected = ours.load_state_dict(stock.state_dict(), strict=False)
+    assert not unexpected and set(missing) <= {'avg_factor_ema'}
     return stock, ours
 
 
@@ -115,6 +118,31 @@ def test_loss_parity_with_ignored_boxes(assigner):
     ignores = [random_gts(3, METAS[0]['img_shape'], seed=7), InstanceData(
         bboxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long))]
     assert_loss_parity(stock, ours, gts, ignores)
+
+
+def test_avg_factor_momentum_divides_by_moving_average():
+    """Step t's losses equal mmdet's times count_t / ema_t, with ema_1 = count_1 and
+    ema_t = m * ema_(t-1) + (1 - m) * count_t; eval mode reads the average but keeps it."""
+    stock, ours = build_pair(ours_only=dict(avg_factor_momentum=0.75))
+    assert torch.isnan(ours.avg_factor_ema) and 'avg_factor_ema' in ours.state_dict()
+    cls, box = random_maps()
+    sizes = [c.shape[-2:] for c in cls]
+    anchors, valid = stock.get_anchors(sizes, METAS, device='cpu')
+    ema = None
+    for step, counts in enumerate([(8, 3), (0, 1), (30, 12)]):
+        gts = [random_gts(n, m['img_shape'], seed=10 * step + i)
+               for i, (n, m) in enumerate(zip(counts, METAS))]
+        s = {k: sum(v) for k, v in stock.loss_by_feat(cls, box, gts, METAS).items()}
+        count = float(stock.get_targets(anchors, valid, gts, METAS)[-1])  # mmdet's avg_factor
+        ema = count if ema is None else 0.75 * ema + 0.25 * count
+        o = ours.loss_by_feat(leaf(cls), leaf(box), gts, METAS)
+        for k in ('loss_cls', 'loss_bbox'):
+            torch.testing.assert_close(o[k], s[k] * count / ema, rtol=1e-5, atol=1e-7)
+        assert ours.avg_factor_ema.item() == pytest.approx(ema)
+    ours.eval()
+    ours.loss_by_feat(cls, box, gts, METAS)
+    assert ours.avg_factor_ema.item() == pytest.approx(ema)  # eval leaves the average alone
+    assert 'avg_factor_ema' not in build_pair()[1].state_dict()  # off: mmdet's keys only
 
 
 def test_targets_match_mmdet():
@@ -208,6 +236,8 @@ def test_user_init_cfg_applies_on_top():
 
 @pytest.mark.parametrize('kwargs,field', [
     (dict(prior_prob=0.0), 'prior_prob'), (dict(prior_prob=1.0), 'prior_prob'),
+    (dict(avg_factor_momentum=1.0), 'avg_factor_momentum'),
+    (dict(avg_factor_momentum=-0.1), 'avg_factor_momentum'),
     (dict(stacked_convs=-1), 'stacked_convs'), (dict(num_classes=0), 'num_classes'),
     (dict(loss_cls=dict(FOCAL, use_sigmoid=False)), 'use_sigmoid'),
     (dict(train_cfg=dict(TRAIN_CFG, sampler=dict(type='RandomSampler', num=256,
