@@ -78,6 +78,11 @@ def ensure_dataset(root: str, quick: bool) -> str:
     return root
 
 
+def default_data_root(work_dir: str, quick: bool) -> str:
+    """``data/shapes``, or ``<work_dir>/shapes_quick`` for the tiny ``--quick`` data set."""
+    return os.path.join(work_dir, 'shapes_quick') if quick else 'data/shapes'
+
+
 def data_options(data_root: str, workers: Optional[int] = None) -> List[str]:
     """``--cfg-options`` pointing every loader and evaluator of a demo config at ``data_root``."""
     root = data_root.rstrip('/') + '/'
@@ -271,9 +276,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    data_root = args.data_root or (os.path.join(args.work_dir, 'shapes_quick') if args.quick
-                                   else 'data/shapes')
-    data_root = ensure_dataset(data_root, args.quick)
+    data_root = ensure_dataset(args.data_root or default_data_root(args.work_dir, args.quick),
+                               args.quick)
     tags = ['ours', 'stock'] if args.compare else ['stock'] if args.stock else ['ours']
     results = [run_one(tag, os.path.join(args.work_dir, tag) if args.compare else args.work_dir,
                        data_root, args.quick, args.seed) for tag in tags]

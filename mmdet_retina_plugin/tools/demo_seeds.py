@@ -92,8 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     args = parser.parse_args(argv)
 
     data_root = demo.ensure_dataset(
-        args.data_root or (os.path.join(args.work_dir, 'shapes_quick') if args.quick
-                           else 'data/shapes'), args.quick)
+        args.data_root or demo.default_data_root(args.work_dir, args.quick), args.quick)
     runs: List[Dict[str, Dict[str, float]]] = []
     for seed in args.seeds:
         run = {}
