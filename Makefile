@@ -14,7 +14,7 @@ demo: env
 demo-stock: env
 	$(PY) -m mmdet_retina_plugin.tools.demo --compare
 
-# ours, parity and stock over seeds 0..3 (about 25 min per seed): mean, spread, difference to stock
+# ours, parity and stock over seeds 0..3 (16 to 25 min per seed on 2 cores): mean, spread, difference to stock
 demo-seeds: env
 	$(PY) -m mmdet_retina_plugin.tools.demo_seeds
 
