@@ -78,9 +78,12 @@ def ensure_dataset(root: str, quick: bool) -> str:
     return root
 
 
-def default_data_root(work_dir: str, quick: bool) -> str:
-    """``data/shapes``, or ``<work_dir>/shapes_quick`` for the tiny ``--quick`` data set."""
-    return os.path.join(work_dir, 'shapes_quick') if quick else 'data/shapes'
+def prepare_data_root(data_root: Optional[str], work_dir: str, quick: bool) -> str:
+    """``data_root`` if given, else ``data/shapes`` (``<work_dir>/shapes_quick`` for the tiny
+    ``--quick`` data set), with the data set generated there if missing (:func:`ensure_dataset`).
+    """
+    default = os.path.join(work_dir, 'shapes_quick') if quick else 'data/shapes'
+    return ensure_dataset(data_root or default, quick)
 
 
 def data_options(data_root: str, workers: Optional[int] = None) -> List[str]:
@@ -276,8 +279,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    data_root = ensure_dataset(args.data_root or default_data_root(args.work_dir, args.quick),
-                               args.quick)
+    data_root = prepare_data_root(args.data_root, args.work_dir, args.quick)
     tags = ['ours', 'stock'] if args.compare else ['stock'] if args.stock else ['ours']
     results = [run_one(tag, os.path.join(args.work_dir, tag) if args.compare else args.work_dir,
                        data_root, args.quick, args.seed) for tag in tags]

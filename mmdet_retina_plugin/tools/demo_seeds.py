@@ -91,8 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
                         help='a few iterations per seed on a tiny data set (a smoke test)')
     args = parser.parse_args(argv)
 
-    data_root = demo.ensure_dataset(
-        args.data_root or demo.default_data_root(args.work_dir, args.quick), args.quick)
+    data_root = demo.prepare_data_root(args.data_root, args.work_dir, args.quick)
     runs: List[Dict[str, Dict[str, float]]] = []
     for seed in args.seeds:
         run = {}
