@@ -409,10 +409,9 @@ class RetinaNetHead(BaseDenseHead):
         count = avg_factor.detach().to(ema.dtype)
         new = torch.where(ema.isnan(), count,
                           self.avg_factor_momentum * ema + (1 - self.avg_factor_momentum) * count)
-        if not self.training:
-            return new
-        ema.copy_(new)
-        return ema.clone()
+        if self.training:
+            ema.copy_(new)
+        return new
 
     # ------------------------------------------------------------------ inference
     def predict_by_feat(self,
