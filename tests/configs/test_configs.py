@@ -308,3 +308,15 @@ def test_demo_configs_start_from_the_same_weights():
     assert plugin.bbox_head.pop('avg_factor_momentum') == 0.9
     assert parity.bbox_head.pop('avg_factor_momentum') is None
     assert plugin == parity
+
+
+def test_demo_configs_share_everything_but_the_model():
+    """Ours, parity and stock differ only in the detector: data, schedule, optimizer and hooks
+    (the final PreciseBN pass included) are the shared recipe's."""
+    cfgs = [Config.fromfile(str(CONFIG_ROOT / 'demo' / f'{name}.py')).to_dict()
+            for name in ('retinanet_shapes', 'retinanet_shapes_parity', 'retinanet_shapes_stock')]
+    for cfg in cfgs:
+        cfg.pop('model')
+    assert cfgs[0] == cfgs[1] == cfgs[2]
+    assert cfgs[0]['custom_hooks'] == [dict(type='RetinaPreciseBNHook', num_iters=200,
+                                            interval=cfgs[0]['max_epochs'])]

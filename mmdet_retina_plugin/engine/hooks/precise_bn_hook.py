@@ -1,0 +1,196 @@
+"""Precise BatchNorm statistics: running mean/var recomputed over many batches (detectron2's
+PreciseBN) before the model is validated and saved."""
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from typing import Any, Dict, Iterable, Iterator, List, Optional
+
+import numpy as np
+import torch
+from mmengine.dist import all_reduce
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
+
+from mmdet.registry import HOOKS
+
+DataBatch = Dict[str, Any]
+
+
+def training_bn_layers(model: nn.Module) -> List[nn.modules.batchnorm._BatchNorm]:
+    """BatchNorm layers that ``model.train()`` leaves in training mode.
+
+    Layers a module keeps in eval mode on ``train()`` (mmdet's ``norm_eval=True``, frozen
+    stages) are meant to keep their statistics, so they are left out. ``model`` is put back in
+    its previous mode.
+    """
+    was_training = model.training
+    model.train()
+    layers = [m for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+              and m.track_running_stats]
+    model.train(was_training)
+    return layers
+
+
+@torch.no_grad()
+def update_bn_stats(model: nn.Module, batches: Iterable[DataBatch], num_iters: int) -> int:
+    """Sets every training-mode BatchNorm's running mean and variance to their averages over
+    ``num_iters`` batches: the per-batch mean and (unbiased) variance each training step
+    normalises with, averaged with equal weights.
+
+    BN's own running statistics are an exponential average (momentum 0.1) over the last ~10
+    batches, taken while the weights were still changing; at batch size 4 that is a noisy
+    estimate of what the final weights produce. Only the running statistics change: weights,
+    ``num_batches_tracked``, momenta and the model's mode are restored. Under
+    ``torch.distributed`` each process averages over its own batches and the results are
+    averaged over processes, so every rank ends with the same statistics.
+
+    Args:
+        model: an mmdet detector (``data_preprocessor`` and ``forward(mode='tensor')``), not
+            wrapped.
+        batches: data batches as the train dataloader yields them (``inputs``: list of
+            ``(3, H, W)`` uint8 tensors, ``data_samples``).
+        num_iters: batches to average over (>= 1); ``batches`` must yield at least that many.
+
+    Returns:
+        number of BatchNorm layers updated (0: the model has none in training mode).
+
+    Raises:
+        ValueError: if ``num_iters`` < 1 or ``batches`` runs out first.
+    """
+    if num_iters < 1:
+        raise ValueError(f'num_iters must be >= 1, got {num_iters}')
+    layers = training_bn_layers(model)
+    if not layers:
+        return 0
+    saved = [(bn.momentum, bn.num_batches_tracked.clone(), bn.running_mean.clone(),
+              bn.running_var.clone()) for bn in layers]
+    means = [torch.zeros_like(bn.running_mean) for bn in layers]
+    variances = [torch.zeros_like(bn.running_var) for bn in layers]
+    was_training = model.training
+    model.train()
+    # momentum 1: after each forward the running buffers hold exactly that batch's statistics.
+    for bn in layers:
+        bn.momentum = 1.0
+    done = 0
+    try:
+        for batch in itertools.islice(batches, num_iters):
+            model(**model.data_preprocessor(batch, True), mode='tensor')
+            done += 1
+            for bn, mean, var in zip(layers, means, variances):
+                mean += (bn.running_mean - mean) / done
+                var += (bn.running_var - var) / done
+        if done < num_iters:
+            raise ValueError(f'batches yielded {done} batches, fewer than num_iters={num_iters}')
+    except BaseException:
+        # A failed pass leaves the statistics it started with, not the last batch's.
+        for bn, (_, _, mean, var) in zip(layers, saved):
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+        raise
+    else:
+        for bn, mean, var in zip(layers, means, variances):
+            all_reduce(mean, op='mean')  # no-op without torch.distributed
+            all_reduce(var, op='mean')
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+    finally:
+        for bn, (momentum, tracked, _, _) in zip(layers, saved):
+            bn.momentum = momentum
+            bn.num_batches_tracked.copy_(tracked)
+        model.train(was_training)
+    return len(layers)
+
+
+def sample_batches(loader: DataLoader, seed: int) -> Iterator[DataBatch]:
+    """Endless batches of ``loader``'s dataset, batch size and collate function, in an order
+    fixed by ``seed``, loaded in this process.
+
+    A separate loader leaves the training loader's workers, sampler and augmentation random
+    streams untouched, so recomputing statistics does not change the training run.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        sampler = RandomSampler(loader.dataset, generator=generator)
+        yield from DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
+                              collate_fn=loader.collate_fn, num_workers=0)
+
+
+class _FrozenRandomState:
+    """Restores Python's, NumPy's and torch's global random states on exit: augmentations of
+    the extra batches draw from them, and training must go on with the draws it would have had."""
+
+    def __enter__(self) -> None:
+        self.states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+                       torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+    def __exit__(self, *exc: Any) -> None:
+        py, npy, cpu, cuda = self.states
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+@HOOKS.register_module()
+class RetinaPreciseBNHook(Hook):
+    """Recomputes BatchNorm statistics (:func:`update_bn_stats`) over ``num_iters`` training
+    batches every ``interval`` epochs (or iterations) and after the last one, before that
+    step's validation and checkpoint.
+
+    With small batches BN's running statistics, an exponential average over the last ~10
+    batches, are a noisy estimate of what the final weights produce, and evaluation uses them
+    (detectron2's ``TEST.PRECISE_BN``, also 200 iterations by default there). The extra
+    batches come from a separate, seeded loader over the training set with its pipeline
+    (augmentations included) and the global random states are restored afterwards, so training
+    itself is unchanged: weights and every later batch are bit-identical to a run without the
+    hook; only the BN buffers differ. Models without BatchNorm in training mode are left as is.
+
+    Args:
+        num_iters: training batches to average over (detectron2: 200). >= 1.
+        interval: run every ``interval`` epochs (``by_epoch``) or iterations, and always after
+            the last. >= 1; a value >= the schedule's length runs once, at the end.
+        by_epoch: count ``interval`` in epochs (``EpochBasedTrainLoop``) or iterations.
+        seed: order of the extra batches; the same batches on every run.
+    """
+
+    # Before CheckpointHook (VERY_LOW) saves the epoch and before validation (which runs after
+    # all after_train_epoch hooks).
+    priority = 'ABOVE_NORMAL'
+
+    def __init__(self, num_iters: int = 200, interval: int = 1, by_epoch: bool = True,
+                 seed: int = 0) -> None:
+        if not isinstance(num_iters, int) or num_iters < 1:
+            raise ValueError(f'num_iters must be an int >= 1, got {num_iters!r}')
+        if not isinstance(interval, int) or interval < 1:
+            raise ValueError(f'interval must be an int >= 1, got {interval!r}')
+        self.num_iters = num_iters
+        self.interval = interval
+        self.by_epoch = by_epoch
+        self.seed = seed
+
+    def after_train_epoch(self, runner) -> None:
+        if self.by_epoch and (self.every_n_epochs(runner, self.interval)
+                              or self.is_last_train_epoch(runner)):
+            self._update(runner)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch: Optional[DataBatch] = None,
+                         outputs: Optional[dict] = None) -> None:
+        if not self.by_epoch and (self.every_n_train_iters(runner, self.interval)
+                                  or self.is_last_train_iter(runner)):
+            self._update(runner)
+
+    def _update(self, runner) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        start = time.perf_counter()
+        with _FrozenRandomState():
+            count = update_bn_stats(model, sample_batches(runner.train_dataloader, self.seed),
+                                    self.num_iters)
+        runner.logger.info(
+            f'PreciseBN: statistics of {count} BatchNorm layers averaged over '
+            f'{self.num_iters} batches ({time.perf_counter() - start:.1f} s)')
