@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Dict, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -18,22 +18,6 @@ from torch.utils.data import DataLoader, RandomSampler
 from mmdet.registry import HOOKS
 
 DataBatch = Dict[str, Any]
-
-
-def training_bn_layers(model: nn.Module) -> List[nn.modules.batchnorm._BatchNorm]:
-    """BatchNorm layers that ``model.train()`` leaves in training mode.
-
-    Layers a module keeps in eval mode on ``train()`` (mmdet's ``norm_eval=True``, frozen
-    stages) are meant to keep their statistics, so they are left out. ``model`` is put back in
-    its previous mode.
-    """
-    was_training = model.training
-    model.train()
-    layers = [m for m in model.modules()
-              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
-              and m.track_running_stats]
-    model.train(was_training)
-    return layers
 
 
 @torch.no_grad()
@@ -64,20 +48,25 @@ def update_bn_stats(model: nn.Module, batches: Iterable[DataBatch], num_iters: i
     """
     if num_iters < 1:
         raise ValueError(f'num_iters must be >= 1, got {num_iters}')
-    layers = training_bn_layers(model)
+    was_training = model.training
+    model.train()
+    # Layers a module keeps in eval mode on train() (mmdet's norm_eval=True, frozen stages) are
+    # meant to keep their statistics.
+    layers = [m for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+              and m.track_running_stats]
     if not layers:
+        model.train(was_training)
         return 0
     saved = [(bn.momentum, bn.num_batches_tracked.clone(), bn.running_mean.clone(),
               bn.running_var.clone()) for bn in layers]
     means = [torch.zeros_like(bn.running_mean) for bn in layers]
     variances = [torch.zeros_like(bn.running_var) for bn in layers]
-    was_training = model.training
-    model.train()
     # momentum 1: after each forward the running buffers hold exactly that batch's statistics.
     for bn in layers:
         bn.momentum = 1.0
-    done = 0
     try:
+        done = 0
         for batch in itertools.islice(batches, num_iters):
             model(**model.data_preprocessor(batch, True), mode='tensor')
             done += 1
@@ -86,23 +75,19 @@ def update_bn_stats(model: nn.Module, batches: Iterable[DataBatch], num_iters: i
                 var += (bn.running_var - var) / done
         if done < num_iters:
             raise ValueError(f'batches yielded {done} batches, fewer than num_iters={num_iters}')
-    except BaseException:
-        # A failed pass leaves the statistics it started with, not the last batch's.
-        for bn, (_, _, mean, var) in zip(layers, saved):
-            bn.running_mean.copy_(mean)
-            bn.running_var.copy_(var)
-        raise
-    else:
-        for bn, mean, var in zip(layers, means, variances):
-            all_reduce(mean, op='mean')  # no-op without torch.distributed
-            all_reduce(var, op='mean')
-            bn.running_mean.copy_(mean)
-            bn.running_var.copy_(var)
     finally:
-        for bn, (momentum, tracked, _, _) in zip(layers, saved):
+        # Everything as it was (a failed pass included); the averages are copied in below.
+        for bn, (momentum, tracked, mean, var) in zip(layers, saved):
             bn.momentum = momentum
             bn.num_batches_tracked.copy_(tracked)
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
         model.train(was_training)
+    for bn, mean, var in zip(layers, means, variances):
+        all_reduce(mean, op='mean')  # no-op without torch.distributed
+        all_reduce(var, op='mean')
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
     return len(layers)
 
 
