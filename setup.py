@@ -26,7 +26,8 @@ setup(
         'setuptools<81',  # mmengine and mim import pkg_resources, gone in setuptools 81
     ],
     extras_require={
-        'tests': ['pytest', 'pytest-timeout', 'openmim==0.3.9'],
+        'tests': ['pytest', 'pytest-timeout', 'hypothesis', 'ruff', 'triton', 'openmim==0.3.9'],
+        'deploy': ['onnx', 'onnxruntime', 'onnxscript'],
         'mim': ['openmim==0.3.9'],
     },
     entry_points={

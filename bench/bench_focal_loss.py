@@ -20,10 +20,10 @@ if __package__ in (None, ''):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmdet.models.losses import FocalLoss  # noqa: E402
+from mmdet.registry import MODELS  # noqa: E402
 
 import mmdet_retina_plugin  # noqa: E402,F401  (registers RetinaFocalLoss)
 from bench.harness import measure, measure_pair, report  # noqa: E402
-from mmdet.registry import MODELS  # noqa: E402
 
 NUM_ANCHORS = 2 * 201_600
 NUM_CLASSES = 80

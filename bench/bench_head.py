@@ -17,13 +17,13 @@ import math
 from typing import Callable, Dict, List, Tuple
 
 import torch
+from mmdet.registry import MODELS
+from mmdet.utils import register_all_modules
 from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 
 import mmdet_retina_plugin  # noqa: F401  (registers our modules)
 from bench.harness import measure_pair, report
-from mmdet.registry import MODELS
-from mmdet.utils import register_all_modules
 
 NUM_CLASSES = 80
 BATCH_SHAPE = (800, 1216)

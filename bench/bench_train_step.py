@@ -13,15 +13,15 @@ import copy
 from typing import Callable, Dict
 
 import torch
+from mmdet.registry import MODELS
+from mmdet.structures import DetDataSample
+from mmdet.utils import register_all_modules
 from mmengine.optim import OptimWrapper
 from mmengine.structures import InstanceData
 
 import mmdet_retina_plugin  # noqa: F401  (registers our modules)
-from mmdet_retina_plugin.testing import retinanet_r50_model_cfg as model_cfg
 from bench.harness import measure_pair, report
-from mmdet.registry import MODELS
-from mmdet.structures import DetDataSample
-from mmdet.utils import register_all_modules
+from mmdet_retina_plugin.testing import retinanet_r50_model_cfg as model_cfg
 
 IMG_SHAPES = [(800, 1216), (800, 1066)]
 NUM_GTS = 8

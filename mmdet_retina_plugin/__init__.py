@@ -7,12 +7,14 @@ mmengine checkpoints load under ``torch.load(weights_only=True)`` (see
 mmengine's error plus the close matches among registered names
 (:mod:`mmdet_retina_plugin.utils.registry_hint`).
 """
-from .version import __version__
+from . import (
+    datasets,  # noqa: F401  (registers the transforms)
+    engine,  # noqa: F401  (registers the hooks)
+    models,  # noqa: F401  (registers the modules)
+)
 from .utils.registry_hint import install_registry_hints
 from .utils.safe_checkpoint import allow_mmengine_checkpoint_globals
-from . import models  # noqa: F401  (registers the modules)
-from . import engine  # noqa: F401  (registers the hooks)
-from . import datasets  # noqa: F401  (registers the transforms)
+from .version import __version__
 
 allow_mmengine_checkpoint_globals()
 install_registry_hints()

@@ -1,8 +1,7 @@
 """Suite-wide fixtures."""
 import pytest
-from mmengine.registry import DefaultScope
-
 from mmdet.utils import register_all_modules
+from mmengine.registry import DefaultScope
 
 register_all_modules(init_default_scope=False)
 

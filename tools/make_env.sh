@@ -45,6 +45,15 @@ if ! has "import mmengine, pycocotools, matplotlib, pytest; assert mmengine.__ve
   $PIP install -q "mmengine==0.10.7" pycocotools matplotlib "numpy" pytest "pytest-timeout" || fail "mmengine" "check network access to PyPI; log above"
 fi
 
+say "4b/6 test, lint and deploy tools (hypothesis, ruff, triton's CPU interpreter, onnx + onnxruntime)"
+# triton only when missing: a CUDA build of torch brings the triton it was built against.
+if ! has "import triton"; then
+  $PIP install -q triton || fail "triton" "check network access to PyPI; log above"
+fi
+if ! has "import hypothesis, ruff, onnx, onnxruntime, onnxscript"; then
+  $PIP install -q hypothesis ruff onnx onnxruntime onnxscript || fail "test/deploy tools" "check network access to PyPI; log above"
+fi
+
 say "5/6 mmcv 2.1.0 with compiled ops"
 if has "import mmcv, mmcv.ops; assert mmcv.__version__ == '2.1.0'"; then
   say "    mmcv 2.1.0 with ops already installed: not rebuilding"

@@ -3,9 +3,9 @@ import logging
 import math
 from typing import List, Union
 
-from mmengine.logging import print_log
 from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
+from mmengine.logging import print_log
 
 
 @DATASETS.register_module()

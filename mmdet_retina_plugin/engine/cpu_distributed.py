@@ -23,14 +23,13 @@ import functools
 import warnings
 from typing import Any, Callable, Optional, Union
 
-import torch.distributed as torch_dist
-from torch import nn
-
 import mmengine.dist.utils as mmengine_dist_utils
+import torch.distributed as torch_dist
 from mmengine.device import get_device
 from mmengine.model import MMDistributedDataParallel, is_model_wrapper
 from mmengine.registry import MODEL_WRAPPERS
 from mmengine.runner import Runner
+from torch import nn
 
 # Attribute set on our wrapper functions: installing twice must not wrap twice.
 _MARK = '_retina_cpu_distributed'

@@ -130,9 +130,9 @@ def evaluate_and_draw(config: Path, checkpoint: str, work_dir: str, options: Seq
     """
     import mmcv
     import torch
+    from mmdet.visualization import DetLocalVisualizer
     from mmengine.dataset import pseudo_collate
     from mmengine.runner import Runner
-    from mmdet.visualization import DetLocalVisualizer
 
     cfg = _load_cfg(config, os.path.join(work_dir, 'test'), options)
     cfg.load_from = checkpoint

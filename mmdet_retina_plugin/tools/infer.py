@@ -47,6 +47,7 @@ def run_inference(img_or_dir: str | Path, config: str | Path, checkpoint: str | 
     import torch
     from mmdet.apis import inference_detector, init_detector
     from mmdet.visualization import DetLocalVisualizer
+
     import mmdet_retina_plugin  # noqa: F401  (registers our modules for the config)
 
     images = list_images(img_or_dir)

@@ -47,6 +47,7 @@ def focal_loss_curves(p_t: torch.Tensor,
         ``{gamma: (P,) float64 loss}``, with ``alpha=None`` (no class weighting).
     """
     from mmdet.registry import MODELS
+
     import mmdet_retina_plugin  # noqa: F401  (registers RetinaFocalLoss)
     p = p_t.double()
     # one class (K=1), label 0 = that class: every row is a positive with p = sigmoid(logit)
@@ -91,6 +92,7 @@ def initial_cls_logit(prior_prob: float) -> float:
         ValueError: if the bias is not one constant (the prior init sets every class alike).
     """
     from mmdet.registry import MODELS
+
     import mmdet_retina_plugin  # noqa: F401  (registers RetinaNetHead)
     head = MODELS.build(dict(type='RetinaNetHead', num_classes=1, in_channels=8,
                              stacked_convs=1, feat_channels=8, prior_prob=prior_prob))

@@ -10,9 +10,9 @@ import difflib
 import functools
 from typing import Any, Callable, List
 
+from mmdet import registry as mmdet_registry
 from mmengine import registry as mmengine_registry
 from mmengine.registry import Registry
-from mmdet import registry as mmdet_registry
 
 PLUGIN_PACKAGE = 'mmdet_retina_plugin'
 HINT_MARKER = '[hint]'

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 
-
 # The defaults HistoryBuffer fills in lazily, on its first instance.
 _DEFAULT_STATISTICS = ('min', 'max', 'current', 'mean')
 

@@ -12,21 +12,21 @@ from typing import Callable, Dict, List
 
 import pytest
 import torch
-from mmengine.config import Config
-from mmengine.dataset import Compose
-from mmengine.structures import InstanceData
-
 from mmdet.models.losses import L1Loss, SmoothL1Loss
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmdet.utils import register_all_modules
+from mmengine.config import Config
+from mmengine.dataset import Compose
+from mmengine.structures import InstanceData
+
+from mmdet_retina_plugin.models.dense_heads.retina_net_head import RetinaNetHead
+
 # explicit import: registers RetinaHardNegativeCELoss whether or not models/losses exports it
 from mmdet_retina_plugin.models.losses.hard_negative_ce_loss import RetinaHardNegativeCELoss
-from mmdet_retina_plugin.models.dense_heads.retina_net_head import RetinaNetHead
 from mmdet_retina_plugin.models.losses.retina_focal_loss import RetinaFocalLoss
 from mmdet_retina_plugin.models.necks.retina_fpn import RetinaFPN
-from mmdet_retina_plugin.models.task_modules.assigners.retina_iou_assigner import \
-    RetinaIoUAssigner
+from mmdet_retina_plugin.models.task_modules.assigners.retina_iou_assigner import RetinaIoUAssigner
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / 'configs'
 ALL_CONFIGS = sorted(CONFIG_ROOT.rglob('*.py'))

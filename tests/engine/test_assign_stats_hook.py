@@ -4,17 +4,18 @@ import os.path as osp
 
 import pytest
 import torch
+from mmdet.registry import HOOKS, MODELS
+from mmdet.structures import DetDataSample
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 from mmengine.structures import InstanceData
 
 import mmdet_retina_plugin  # noqa: F401
+from mmdet_retina_plugin.engine.hooks.assign_stats_hook import (
+    RetinaAssignStatsHook,
+    assignment_stats,
+)
 from mmdet_retina_plugin.testing import tiny_demo_config
-from mmdet.registry import HOOKS, MODELS
-from mmdet.structures import DetDataSample
-from mmdet_retina_plugin.engine.hooks.assign_stats_hook import (RetinaAssignStatsHook,
-                                                                 assignment_stats)
-
 
 # One square anchor of side 4*stride per location, centred on (stride*i, stride*j).
 ANCHORS = dict(type='AnchorGenerator', octave_base_scale=4, scales_per_octave=1, ratios=[1.0],

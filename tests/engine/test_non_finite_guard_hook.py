@@ -1,7 +1,7 @@
 """RetinaNonFiniteGuardHook on a one-layer model, compared with a hand-written SGD loop."""
 import math
-import warnings
 import os.path as osp
+import warnings
 
 import pytest
 import torch

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mmdet.registry import MODELS
 from mmengine.config import Config
 from mmengine.model import BaseModel
 from mmengine.registry import init_default_scope
@@ -13,7 +14,6 @@ from mmengine.runner import Runner
 from torch import nn
 
 import mmdet_retina_plugin  # noqa: F401
-from mmdet.registry import MODELS
 from mmdet_retina_plugin.engine.hooks import RetinaPreciseBNHook
 from mmdet_retina_plugin.engine.hooks.precise_bn_hook import sample_batches, update_bn_stats
 

@@ -10,12 +10,12 @@ import sys
 
 import torch
 import torch.distributed as dist
+from mmdet.registry import MODELS
+from mmdet.utils import register_all_modules
 from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 
 import mmdet_retina_plugin  # noqa: F401
-from mmdet.registry import MODELS
-from mmdet.utils import register_all_modules
 
 
 def build(sync: bool) -> torch.nn.Module:

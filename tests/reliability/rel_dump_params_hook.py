@@ -9,11 +9,10 @@ import os.path as osp
 
 import torch
 import torch.distributed as dist
+from mmdet.registry import HOOKS
 from mmengine.dist import get_dist_info
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-
-from mmdet.registry import HOOKS
 
 
 @HOOKS.register_module()

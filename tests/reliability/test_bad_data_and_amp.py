@@ -3,15 +3,15 @@ import copy
 
 import pytest
 import torch
-from mmengine.optim import OptimWrapper
-from mmengine.structures import InstanceData
 from mmdet.models.losses.focal_loss import py_sigmoid_focal_loss
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmdet.utils import register_all_modules
+from mmengine.optim import OptimWrapper
+from mmengine.structures import InstanceData
+from rel_tiny_cfg import IMAGE_SIZE, tiny_cfg
 
 import mmdet_retina_plugin  # noqa: F401
-from rel_tiny_cfg import IMAGE_SIZE, tiny_cfg
 
 register_all_modules(init_default_scope=True)
 

@@ -1,13 +1,13 @@
 """reduce_mean_avg_factor: identity without torch.distributed, all-reduce mean with it."""
-import os.path as osp
 import json
+import os.path as osp
 import re
 import subprocess
 
 import torch
+from rel_helpers import HERE, child_env, torchrun
 
 from mmdet_retina_plugin.utils.dist_utils import reduce_mean_avg_factor
-from rel_helpers import HERE, child_env, torchrun
 
 
 def test_single_process_is_identity_clamped():

@@ -16,9 +16,9 @@ import os
 import os.path as osp
 
 import torch
+from rel_helpers import finish, run_train, start_train, state_dicts_equal, tail
 
 import mmdet_retina_plugin  # noqa: F401  (lets torch.load read mmengine checkpoints)
-from rel_helpers import finish, run_train, start_train, state_dicts_equal, tail
 
 
 def _pointer(work_dir: str) -> str:

@@ -15,10 +15,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
-import mmdet_retina_plugin  # noqa: F401  (weights-only torch.load of mmengine checkpoints)
 from rel_helpers import HERE, PYTHON, child_env, state_dicts_equal, tail
 from rel_tiny_cfg import tiny_cfg
+
+import mmdet_retina_plugin  # noqa: F401  (weights-only torch.load of mmengine checkpoints)
 
 MAX_ITERS = 4
 

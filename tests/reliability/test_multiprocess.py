@@ -8,7 +8,6 @@ import re
 import subprocess
 
 import torch
-
 from rel_helpers import TRAIN, child_env, state_dicts_equal, tail, torchrun
 
 

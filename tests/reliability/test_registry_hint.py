@@ -1,9 +1,9 @@
 """Misspelled ``type`` names: mmengine's KeyError text is kept and a hint is appended."""
 import pytest
-from mmengine.registry import MODELS as ROOT_MODELS
-from mmengine.registry import Registry
 from mmdet.registry import MODELS, TASK_UTILS
 from mmdet.utils import register_all_modules
+from mmengine.registry import MODELS as ROOT_MODELS
+from mmengine.registry import Registry
 
 import mmdet_retina_plugin  # noqa: F401
 from mmdet_retina_plugin.utils.registry_hint import install_registry_hints

@@ -32,14 +32,15 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
-import mmdet_retina_plugin  # noqa: E402,F401
-from mmdet_retina_plugin.engine import atomic_io  # noqa: E402
 from mmengine.dist import get_rank  # noqa: E402
 from mmengine.fileio.backends import local_backend  # noqa: E402
 from mmengine.hooks import Hook, checkpoint_hook  # noqa: E402
 from mmengine.model import is_model_wrapper  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 from rel_tiny_cfg import tiny_cfg  # noqa: E402
+
+import mmdet_retina_plugin  # noqa: E402,F401
+from mmdet_retina_plugin.engine import atomic_io  # noqa: E402
 
 
 def _die() -> None:

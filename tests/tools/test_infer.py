@@ -5,13 +5,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from mmdet.registry import MODELS
 from mmengine.registry import init_default_scope
 
 import mmdet_retina_plugin  # noqa: F401
 from mmdet_retina_plugin.testing import tiny_demo_config
-from mmdet.registry import MODELS
 from mmdet_retina_plugin.tools import infer
-
 
 
 @pytest.fixture(scope='module')

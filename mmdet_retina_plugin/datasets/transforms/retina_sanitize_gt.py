@@ -4,9 +4,9 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 from mmcv.transforms import BaseTransform
-from mmengine.logging import print_log
 from mmdet.registry import TRANSFORMS
 from mmdet.structures.bbox import BaseBoxes
+from mmengine.logging import print_log
 
 # Per-instance annotation keys that must stay aligned with ``gt_bboxes``.
 _INSTANCE_KEYS = ('gt_bboxes_labels', 'gt_ignore_flags', 'gt_masks')

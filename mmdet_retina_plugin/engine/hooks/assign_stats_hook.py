@@ -5,15 +5,14 @@ import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
-from mmengine.structures import InstanceData
-from torch import nn
-
 from mmdet.models.task_modules.prior_generators import anchor_inside_flags
 from mmdet.models.utils import unpack_gt_instances
 from mmdet.registry import HOOKS
 from mmdet.structures.bbox import bbox_overlaps, get_box_tensor
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.structures import InstanceData
+from torch import nn
 
 STAT_KEYS = ('pos', 'ignored', 'neg', 'pos_iou')
 

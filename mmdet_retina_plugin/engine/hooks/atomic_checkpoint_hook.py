@@ -3,9 +3,9 @@ import os.path as osp
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from mmdet.registry import HOOKS
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
-from mmdet.registry import HOOKS
 
 from ..atomic_io import atomic_write, remove_stale_temp_files
 

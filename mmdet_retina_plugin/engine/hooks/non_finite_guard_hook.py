@@ -4,9 +4,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
+from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.optim import OptimWrapper, OptimWrapperDict
-from mmdet.registry import HOOKS
 from torch import Tensor
 
 _ACTIONS = ('skip', 'raise')

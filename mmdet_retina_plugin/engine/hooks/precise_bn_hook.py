@@ -9,13 +9,12 @@ from typing import Any, Dict, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
+from mmdet.registry import HOOKS
 from mmengine.dist import all_reduce
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
-
-from mmdet.registry import HOOKS
 
 DataBatch = Dict[str, Any]
 

@@ -18,18 +18,19 @@ import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule
 from mmcv.ops import batched_nms
-from mmengine.config import ConfigDict
-from mmengine.structures import InstanceData
-from torch import Tensor
-from torch.nn.utils.rnn import pad_sequence
-
 from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
 from mmdet.models.task_modules.samplers import PseudoSampler
 from mmdet.registry import MODELS, TASK_UTILS
 from mmdet.structures.bbox import get_box_tensor
 from mmdet.utils import ConfigType, InstanceList, OptConfigType, OptInstanceList, OptMultiConfig
+from mmengine.config import ConfigDict
+from mmengine.structures import InstanceData
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+
 from ...utils.dist_utils import reduce_mean_avg_factor
-from ..layers.batched_nms import batched_nms_batch, supports as batched_nms_supports
+from ..layers.batched_nms import batched_nms_batch
+from ..layers.batched_nms import supports as batched_nms_supports
 from ..task_modules.prior_generators import AnchorCache
 
 

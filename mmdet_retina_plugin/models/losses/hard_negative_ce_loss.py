@@ -10,9 +10,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch import Tensor
-
 from mmdet.registry import MODELS
+from torch import Tensor
 
 _REDUCTIONS = ('none', 'mean', 'sum')
 

@@ -32,11 +32,10 @@ import warnings
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
+from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 from torch import Tensor
 from torch.autograd.function import once_differentiable
-
-from mmdet.registry import MODELS
 
 # The target of the dense sweep: ``False`` means "every element is a negative" (class-index
 # targets, fixed up afterwards), a tensor means float targets of the logits' shape.

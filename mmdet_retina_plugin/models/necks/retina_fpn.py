@@ -11,11 +11,10 @@ from typing import List, Optional, Sequence, Tuple
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
-from mmengine.model import BaseModule
-from torch import Tensor
-
 from mmdet.registry import MODELS
 from mmdet.utils import OptConfigType, OptMultiConfig
+from mmengine.model import BaseModule
+from torch import Tensor
 
 P6_SOURCES = ('input', 'output', 'lateral')
 

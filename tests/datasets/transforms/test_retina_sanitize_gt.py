@@ -5,11 +5,11 @@ import logging
 import numpy as np
 import pytest
 import torch
-from mmengine.logging import MMLogger
 from mmdet.datasets.transforms import LoadAnnotations
 from mmdet.registry import TRANSFORMS
 from mmdet.structures.bbox import HorizontalBoxes
 from mmdet.structures.mask import BitmapMasks
+from mmengine.logging import MMLogger
 
 import mmdet_retina_plugin  # noqa: F401
 from mmdet_retina_plugin.datasets import RetinaCocoDataset, RetinaSanitizeGt

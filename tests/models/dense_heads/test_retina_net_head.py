@@ -5,13 +5,13 @@ import math
 
 import pytest
 import torch
+from mmdet.models.task_modules.prior_generators import AnchorGenerator
+from mmdet.registry import MODELS
+from mmdet.utils import register_all_modules
 from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 
 import mmdet_retina_plugin  # noqa: F401  (registers our modules)
-from mmdet.models.task_modules.prior_generators import AnchorGenerator
-from mmdet.registry import MODELS
-from mmdet.utils import register_all_modules
 from mmdet_retina_plugin.models.task_modules.prior_generators import AnchorCache
 
 register_all_modules()

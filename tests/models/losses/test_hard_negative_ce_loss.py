@@ -3,9 +3,9 @@ import math
 
 import pytest
 import torch
-
 from mmdet.models.losses import CrossEntropyLoss
 from mmdet.registry import MODELS
+
 from mmdet_retina_plugin.models.losses.hard_negative_ce_loss import RetinaHardNegativeCELoss
 
 K = 2  # classes; label 2 is background

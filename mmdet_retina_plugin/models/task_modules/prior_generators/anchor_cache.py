@@ -9,9 +9,8 @@ from collections import OrderedDict
 from typing import Callable, Hashable, List, Sequence, Tuple, TypeVar
 
 import torch
-from torch import Tensor
-
 from mmdet.models.task_modules.prior_generators import AnchorGenerator
+from torch import Tensor
 
 T = TypeVar('T')
 SizeList = Sequence[Tuple[int, int]]

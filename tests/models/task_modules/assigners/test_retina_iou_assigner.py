@@ -10,9 +10,11 @@ from mmdet.structures.bbox import bbox_overlaps
 from mmengine.structures import InstanceData
 
 import mmdet_retina_plugin  # noqa: F401  (registers RetinaIoUAssigner)
-from mmdet_retina_plugin.models.task_modules.assigners import (BatchAssignResult,
-                                                               RetinaIoUAssigner,
-                                                               pairwise_overlaps)
+from mmdet_retina_plugin.models.task_modules.assigners import (
+    BatchAssignResult,
+    RetinaIoUAssigner,
+    pairwise_overlaps,
+)
 
 NUM_PRIORS = 240
 # Each config is one mmdet MaxIoUAssigner setting that takes a distinct code path.
