@@ -2,7 +2,8 @@
 
 Since torch 2.6 ``torch.load`` defaults to ``weights_only=True``. mmengine 0.10.7 calls it without
 ``weights_only``, so ``--resume`` and ``load_from`` die on the first non-tensor global a checkpoint
-holds (``UnpicklingError: ... Unsupported global: GLOBAL mmengine.logging.history_buffer.HistoryBuffer``).
+holds (``UnpicklingError: ... Unsupported global: GLOBAL
+mmengine.logging.history_buffer.HistoryBuffer``).
 
 Instead of turning ``weights_only`` off (which would let any checkpoint run arbitrary code), this
 module adds to torch's allow-list exactly the globals that mmengine's own checkpoints pickle:
