@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: env demo demo-stock demo-seeds test bench clean-env
+.PHONY: env demo demo-stock demo-seeds test bench dropin clean-env
 
 env:
 	@bash tools/make_env.sh
@@ -23,6 +23,12 @@ test: env
 
 bench: env
 	$(PY) -m bench.run_all
+
+# our modules swapped into every mmdet config that uses FPN/FocalLoss/MaxIoUAssigner/RetinaHead
+# (the test suite checks one config per family): counts in work_dirs/dropin/report.{md,json}
+DROPIN_WORKERS ?= 2
+dropin: env
+	$(PY) tests/dropin/zoo_sweep.py --all --workers $(DROPIN_WORKERS) --out work_dirs/dropin
 
 clean-env:
 	rm -rf $(VENV)
