@@ -5,14 +5,14 @@ import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from mmdet.models.task_modules.prior_generators import anchor_inside_flags
 from mmdet.models.utils import unpack_gt_instances
 from mmdet.registry import HOOKS
-from mmdet.structures.bbox import bbox_overlaps, get_box_tensor
+from mmdet.structures.bbox import bbox_overlaps
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-from mmengine.structures import InstanceData
 from torch import nn
+
+from ...models.dense_heads.retina_targets import anchor_targets, positive_pairs
 
 STAT_KEYS = ('pos', 'ignored', 'neg', 'pos_iou')
 
@@ -34,24 +34,26 @@ def assignment_stats(head: nn.Module, featmap_sizes: Sequence[Tuple[int, int]],
                      batch_data_samples: Sequence[Any]) -> Dict[str, Dict[str, Optional[float]]]:
     """Assigns the batch's gts to the head's anchors as training does, and counts per level.
 
-    Works with any anchor head exposing ``prior_generator``, ``assigner`` and ``train_cfg``
-    (our ``RetinaNetHead``, mmdet's ``RetinaHead``): anchors come from
-    ``prior_generator.grid_priors(featmap_sizes)``, each image keeps the anchors inside its
-    ``pad_shape`` (``valid_flags``) and, with ``train_cfg.allowed_border >= 0``, inside its
-    ``img_shape`` border, then ``assigner.assign`` runs on them like mmdet's ``AnchorHead``.
+    Works with any anchor head exposing ``prior_generator``, ``assigner``, ``bbox_coder`` and
+    ``train_cfg`` (our ``RetinaNetHead``, mmdet's ``RetinaHead``): the targets come from
+    :func:`~mmdet_retina_plugin.models.dense_heads.retina_targets.anchor_targets`, the code our
+    head trains with (anchors inside each image's ``pad_shape`` and, with
+    ``train_cfg.allowed_border >= 0``, its border; batched through the assigner's
+    ``assign_batch`` when it has one, mmdet's ``assign`` image by image otherwise).
 
     Args:
-        head: the detector's ``bbox_head`` (built with a ``train_cfg``).
-        featmap_sizes: ``(Hi, Wi)`` of each level the head saw.
-        batch_data_samples: preprocessed ``DetDataSample`` s with ``gt_instances`` (``bboxes``
-            ``(Gi, 4)`` in input pixels, ``labels`` ``(Gi,)``), optional ``ignored_instances``,
-            and ``pad_shape`` / ``img_shape`` metainfo.
+        head (nn.Module): the detector's ``bbox_head`` (built with a ``train_cfg``).
+        featmap_sizes (Sequence[Tuple[int, int]]): ``(Hi, Wi)`` of each level the head saw.
+        batch_data_samples (Sequence[Any]): preprocessed ``DetDataSample`` s with
+            ``gt_instances`` (``bboxes`` ``(Gi, 4)`` in input pixels, ``labels`` ``(Gi,)``),
+            optional ``ignored_instances``, and ``pad_shape`` / ``img_shape`` metainfo.
 
     Returns:
-        ``{level: {pos, ignored, neg, pos_iou}}`` for each level name and ``'all'``: anchor
-        counts per image (mean over the batch; ``ignored`` = assigned -1, e.g. IoU in
-        ``[neg_iou_thr, pos_iou_thr)``; anchors outside the image's padding or border are in
-        no count) and the mean IoU between positives and their gt (``None`` without positives).
+        Dict[str, Dict[str, Optional[float]]]: ``{level: {pos, ignored, neg, pos_iou}}`` for
+        each level name and ``'all'``: anchor counts per image (mean over the batch;
+        ``ignored`` = assigned -1, e.g. IoU in ``[neg_iou_thr, pos_iou_thr)``; anchors outside
+        the image's padding or border are in no count) and the mean IoU between positives and
+        their gt (``None`` without positives).
     """
     gts, ignores, metas = unpack_gt_instances(batch_data_samples)
     generator = head.prior_generator
@@ -60,20 +62,21 @@ def assignment_stats(head: nn.Module, featmap_sizes: Sequence[Tuple[int, int]],
     anchors = torch.cat(per_level)
     level = torch.cat([torch.full((len(a),), i, device=device) for i, a in enumerate(per_level)])
     num_levels = len(per_level)
-    allowed_border = (head.train_cfg or {}).get('allowed_border', -1)
-    counts = torch.zeros(len(STAT_KEYS) - 1, num_levels, dtype=torch.float64, device=device)
-    iou_sum = torch.zeros(num_levels, dtype=torch.float64, device=device)
-    for gt, ignore, meta in zip(gts, ignores, metas):
-        valid = torch.cat(generator.valid_flags(featmap_sizes, meta['pad_shape'], device))
-        inside = anchor_inside_flags(anchors, valid, meta['img_shape'][:2], allowed_border)
-        result = head.assigner.assign(InstanceData(priors=anchors[inside]), gt, ignore)
-        gt_inds, lv = result.gt_inds, level[inside]
-        pos = gt_inds > 0
-        for row, mask in enumerate((pos, gt_inds < 0, gt_inds == 0)):
-            counts[row] += torch.bincount(lv[mask], minlength=num_levels)
-        iou = bbox_overlaps(anchors[inside][pos], get_box_tensor(gt.bboxes)[gt_inds[pos] - 1],
-                            is_aligned=True)
-        iou_sum += torch.bincount(lv[pos], weights=iou.double(), minlength=num_levels)
+    valid = torch.stack([torch.cat(generator.valid_flags(featmap_sizes, m['pad_shape'], device))
+                         for m in metas])
+    train_cfg = head.train_cfg or {}
+    targets = anchor_targets(
+        head.assigner, anchors, valid, gts, metas, head.num_classes, ignores,
+        allowed_border=train_cfg.get('allowed_border', -1),
+        pos_weight=train_cfg.get('pos_weight', -1),
+        clip_border=getattr(head.bbox_coder, 'clip_border', True))
+    gt_inds, taking_part = targets.gt_inds, targets.anchor_valid
+    counts = torch.stack([
+        torch.bincount(level.expand_as(gt_inds)[mask], minlength=num_levels)
+        for mask in (gt_inds > 0, taking_part & (gt_inds < 0), gt_inds == 0)]).double()
+    img_idx, anchor_idx, pos_gt = positive_pairs(targets)
+    iou = bbox_overlaps(anchors[anchor_idx], pos_gt, is_aligned=True)
+    iou_sum = torch.bincount(level[anchor_idx], weights=iou.double(), minlength=num_levels)
     num_images = max(len(gts), 1)
     names = level_names(generator.strides)
     stats = {}
@@ -125,8 +128,9 @@ class RetinaAssignStatsHook(Hook):
         head = getattr(detector, 'bbox_head', None)
         missing = [a for a in ('prior_generator', 'assigner') if not hasattr(head, a)]
         if head is None or missing:
-            raise ValueError(f'RetinaAssignStatsHook needs model.bbox_head with prior_generator and '
-                             f'assigner (an anchor head built with train_cfg); missing {missing}')
+            raise ValueError(f'RetinaAssignStatsHook needs model.bbox_head with prior_generator '
+                             f'and assigner (an anchor head built with train_cfg); missing '
+                             f'{missing}')
         self._handles = [
             detector.register_forward_pre_hook(self._record_samples, with_kwargs=True),
             head.register_forward_pre_hook(self._record_featmaps)]

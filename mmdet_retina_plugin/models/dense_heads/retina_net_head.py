@@ -12,86 +12,45 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule
-from mmcv.ops import batched_nms
 from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
 from mmdet.models.task_modules.samplers import PseudoSampler
 from mmdet.registry import MODELS, TASK_UTILS
 from mmdet.structures.bbox import get_box_tensor
 from mmdet.utils import ConfigType, InstanceList, OptConfigType, OptInstanceList, OptMultiConfig
 from mmengine.config import ConfigDict
-from mmengine.structures import InstanceData
 from torch import Tensor
-from torch.nn.utils.rnn import pad_sequence
 
 from ...utils.dist_utils import reduce_mean_avg_factor
-from ..layers.batched_nms import batched_nms_batch
-from ..layers.batched_nms import supports as batched_nms_supports
 from ..task_modules.prior_generators import AnchorCache
-
-
-class BatchTargets(NamedTuple):
-    """Training targets of a batch (``A = sum(Hi*Wi*num_base_priors)`` anchors per image).
-
-    Attributes:
-        labels: ``(B, A)`` long: class in ``[0, K)`` for positives, ``K`` (background) else.
-        label_weights: ``(B, A)`` float: 0 for ignored / invalid anchors, ``pos_weight`` (1 by
-            default) for positives, 1 for negatives.
-        gt_inds: ``(B, A)`` long: 0 negative, -1 ignored or invalid, ``k > 0`` -> gt ``k-1``.
-        gt_bboxes: ``(B, G, 4)`` gt boxes padded to the largest gt count ``G``.
-        avg_factor: scalar float tensor, sum over images of ``max(num_pos_i, 1)`` (mmdet's
-            ``PseudoSampler`` normaliser).
-    """
-    labels: Tensor
-    label_weights: Tensor
-    gt_inds: Tensor
-    gt_bboxes: Tensor
-    avg_factor: Tensor
+from .retina_post_processing import (
+    clip_boxes,
+    decode_boxes,
+    gather_level,
+    logit_floor,
+    min_size_mask,
+    nms_per_image,
+    rescale_boxes,
+    select_level_topk,
+)
+from .retina_targets import (
+    BatchTargets,
+    anchor_targets,
+    image_hw,
+    moving_average,
+    positive_pairs,
+    report_bad_gts,
+)
 
 
 def _flatten_levels(maps: Sequence[Tensor], channels: int) -> Tensor:
     """``[(B, A*C, Hi, Wi)]`` -> ``(B, sum(Hi*Wi*A), C)``, in the anchors' order."""
     batch = maps[0].size(0)
     return torch.cat([m.permute(0, 2, 3, 1).reshape(batch, -1, channels) for m in maps], 1)
-
-
-def _pad_images(items: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
-    """Pads per-image ``[(Gi, ...)]`` with zeros to ``(B, G, ...)`` plus a ``(B, G)`` mask."""
-    device = items[0].device
-    counts = torch.tensor([t.size(0) for t in items], device=device)
-    padded = pad_sequence(list(items), batch_first=True)
-    valid = torch.arange(padded.size(1), device=device) < counts[:, None]
-    return padded, valid
-
-
-def _topk_above(logits: Tensor, floor: float, k: int) -> Tuple[Tensor, Tensor]:
-    """Per row, the ``k`` largest entries above ``floor`` (all of them if ``k <= 0``).
-
-    Selecting candidates first keeps ``topk`` off the millions of background entries.
-
-    Args:
-        logits: ``(B, N)``.
-
-    Returns:
-        ``values`` ``(B, k')`` sorted descending and their column indexes ``(B, k')``; rows with
-        fewer than ``k'`` candidates are padded with ``-inf`` values (index 0).
-    """
-    num_rows, num_cols = logits.shape
-    flat = (logits > floor).view(-1).nonzero().squeeze(1)  # ascending: grouped by row
-    row, col = flat // num_cols, flat % num_cols
-    counts = torch.bincount(row, minlength=num_rows)
-    slot = torch.arange(flat.numel(), device=flat.device) - (counts.cumsum(0) - counts)[row]
-    width = int(counts.max()) if flat.numel() else 0
-    values = logits.new_full((num_rows, width), -math.inf)
-    values[row, slot] = logits.reshape(-1)[flat]
-    cols = col.new_zeros((num_rows, width))
-    cols[row, slot] = col
-    values, sel = values.topk(width if k <= 0 else min(k, width), dim=1)
-    return values, cols.gather(1, sel)
 
 
 @MODELS.register_module()
@@ -128,8 +87,9 @@ class RetinaNetHead(BaseDenseHead):
             a momentum ``m`` in [0, 1) divides them by an exponential moving average of it,
             ``ema = m * ema + (1 - m) * count`` (detectron2's RetinaNet uses 0.9), so a
             step with few positives, common with small batches, does not take an outsized
-            step. The average is a buffer (``avg_factor_ema``, checkpointed; it starts from the
-            first training step's count) and is updated only in training mode.
+            step. The average is a buffer (``avg_factor_ema``, checkpointed; 0 until the first
+            training step, whose count starts it; missing from a checkpoint, e.g. a stock
+            ``RetinaHead``'s, it loads as 0) and is updated only in training mode.
         train_cfg: ``assigner`` (any; batched through ``assign_batch`` when it has it),
             ``allowed_border`` (-1: keep anchors crossing the image border), ``pos_weight``
             (<= 0: 1), optional ``sampler`` (must be ``PseudoSampler``).
@@ -189,8 +149,9 @@ class RetinaNetHead(BaseDenseHead):
         self.sync_avg_factor = sync_avg_factor
         self.avg_factor_momentum = avg_factor_momentum
         if avg_factor_momentum is not None:
-            # NaN until the first training step; a buffer so that resuming continues the average
-            self.register_buffer('avg_factor_ema', torch.tensor(float('nan')))
+            # a buffer so that resuming continues the average; 0 until the first training step
+            # (a real average is >= 1), also when loaded from a checkpoint without it
+            self.register_buffer('avg_factor_ema', torch.tensor(0.0))
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
 
@@ -274,6 +235,18 @@ class RetinaNetHead(BaseDenseHead):
         outs = [self.forward_single(feat) for feat in x]
         return [o[0] for o in outs], [o[1] for o in outs]
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # Checkpoints of mmdet's RetinaHead (or of this head without the option) have no
+        # average: load it as not started, so they load with strict=True; a head without the
+        # option has no use for one.
+        key = prefix + 'avg_factor_ema'
+        if self.avg_factor_momentum is not None:
+            if key not in state_dict:
+                state_dict[key] = torch.zeros_like(self.avg_factor_ema)
+        else:
+            state_dict.pop(key, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # ------------------------------------------------------------------ training
     def _check_levels(self, cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor]
                       ) -> List[Tuple[int, int]]:
@@ -283,93 +256,56 @@ class RetinaNetHead(BaseDenseHead):
                              f'anchor_generator.strides has {self.prior_generator.num_levels}')
         return [tuple(s.shape[-2:]) for s in cls_scores]
 
-    def _assign(self, anchors: Tensor, valid: Tensor, batch_gt_instances: InstanceList,
-                batch_gt_instances_ignore: OptInstanceList, gt_bboxes: Tensor,
-                gt_valid: Tensor) -> Tuple[Tensor, Tensor]:
-        """Assigns every anchor of every image.
-
-        Args:
-            anchors: ``(A, 4)``.
-            valid: ``(B, A)`` bool, anchors taking part in the assignment.
-            gt_bboxes, gt_valid: ``(B, G, 4)`` padded gt boxes and their ``(B, G)`` mask.
-
-        Returns:
-            ``gt_inds`` ``(B, A)`` (0 negative, -1 ignored or invalid, ``k > 0`` -> gt ``k-1``)
-            and ``labels`` ``(B, A)`` (class of the assigned gt, -1 where not positive).
-        """
-        ignores = batch_gt_instances_ignore or [None] * len(batch_gt_instances)
-        if hasattr(self.assigner, 'assign_batch'):
-            gt_labels, _ = _pad_images([g.labels.to(anchors.device) for g in batch_gt_instances])
-            ignore_bboxes = ignore_valid = None
-            if any(ig is not None for ig in ignores):
-                ignore_bboxes, ignore_valid = _pad_images(
-                    [get_box_tensor(ig.bboxes).to(anchors) if ig is not None
-                     else anchors.new_zeros(0, 4) for ig in ignores])
-            res = self.assigner.assign_batch(anchors, gt_bboxes, gt_labels, gt_valid, valid,
-                                             ignore_bboxes, ignore_valid)
-            return res.gt_inds, res.labels
-        # per-image fallback for assigners without a batched path (e.g. MaxIoUAssigner):
-        # assign the valid anchors only, like mmdet, then scatter back to all anchors
-        gt_inds = valid.new_full(valid.shape, -1, dtype=torch.long)
-        labels = valid.new_full(valid.shape, -1, dtype=torch.long)
-        for i, (gt, ignore) in enumerate(zip(batch_gt_instances, ignores)):
-            res = self.assigner.assign(InstanceData(priors=anchors[valid[i]]), gt, ignore)
-            gt_inds[i, valid[i]] = res.gt_inds
-            labels[i, valid[i]] = res.labels
-        return gt_inds, labels
-
     def get_batch_targets(self, anchors: Tensor, valid: Tensor,
                           batch_gt_instances: InstanceList, batch_img_metas: List[dict],
                           batch_gt_instances_ignore: OptInstanceList = None) -> BatchTargets:
-        """Classification targets of a whole batch (mmdet ``AnchorHead.get_targets``
-        semantics with ``PseudoSampler``).
+        """Classification targets of a whole batch with this head's ``train_cfg`` and box
+        coder (see :func:`~.retina_targets.anchor_targets`).
 
         Args:
-            anchors: ``(A, 4)`` anchors of all levels (shared by the batch).
-            valid: ``(B, A)`` bool, False on each image's padding.
-            batch_gt_instances: per image ``bboxes`` ``(Gi, 4)`` and ``labels`` ``(Gi,)``.
-            batch_img_metas: per image meta with ``img_shape`` (for ``allowed_border``).
-            batch_gt_instances_ignore: per image ignored ``bboxes`` ``(Gi', 4)`` or None.
+            anchors (Tensor): ``(A, 4)`` anchors of all levels (shared by the batch).
+            valid (Tensor): ``(B, A)`` bool, False on each image's padding.
+            batch_gt_instances (InstanceList): per image ``bboxes`` ``(Gi, 4)`` and ``labels``
+                ``(Gi,)``.
+            batch_img_metas (List[dict]): per image meta with ``img_shape``.
+            batch_gt_instances_ignore (OptInstanceList): per image ignored ``bboxes`` or None.
+
+        Returns:
+            BatchTargets: labels, weights, assignment and normaliser of the batch.
         """
-        allowed_border = self.train_cfg.get('allowed_border', -1)
-        if allowed_border >= 0:
-            img_hw = anchors.new_tensor([m['img_shape'][:2] for m in batch_img_metas])
-            valid = valid & (anchors[None, :, :2] >= -allowed_border).all(-1) \
-                & (anchors[None, :, 2] < img_hw[:, 1:2] + allowed_border) \
-                & (anchors[None, :, 3] < img_hw[:, 0:1] + allowed_border)
-        gt_bboxes, gt_valid = _pad_images(
-            [get_box_tensor(g.bboxes).to(anchors) for g in batch_gt_instances])
-        gt_inds, assigned = self._assign(anchors, valid, batch_gt_instances,
-                                         batch_gt_instances_ignore, gt_bboxes, gt_valid)
-        pos = valid & (gt_inds > 0)
-        labels = torch.where(pos, assigned, self.num_classes)
-        label_weights = (valid & (gt_inds >= 0)).to(anchors.dtype)
-        pos_weight = self.train_cfg.get('pos_weight', -1)
-        if pos_weight > 0:
-            label_weights = torch.where(pos, label_weights.new_tensor(pos_weight),
-                                        label_weights)
-        avg_factor = pos.sum(1).clamp(min=1).sum().to(anchors.dtype)
-        return BatchTargets(labels, label_weights, torch.where(valid, gt_inds, -1), gt_bboxes,
-                            avg_factor)
+        return anchor_targets(
+            self.assigner, anchors, valid, batch_gt_instances, batch_img_metas,
+            self.num_classes, batch_gt_instances_ignore,
+            allowed_border=self.train_cfg.get('allowed_border', -1),
+            pos_weight=self.train_cfg.get('pos_weight', -1),
+            clip_border=getattr(self.bbox_coder, 'clip_border', True))
 
     def loss_by_feat(self, cls_scores: List[Tensor], bbox_preds: List[Tensor],
                      batch_gt_instances: InstanceList, batch_img_metas: List[dict],
                      batch_gt_instances_ignore: OptInstanceList = None) -> dict:
         """Focal loss over all anchors and box loss over positives, both divided by
         ``avg_factor`` (sum over images of ``max(num_pos_i, 1)``, as mmdet; with
-        ``sync_avg_factor``, its mean over all processes).
+        ``sync_avg_factor``, its mean over all processes; with ``avg_factor_momentum``, its
+        moving average).
+
+        Gt boxes of width or height <= 0 (inside the image, when the box coder clips) are
+        ignored with a warning naming the image; non-finite gt boxes raise.
 
         Args:
-            cls_scores: ``[(B, A*K, Hi, Wi)]`` logits.
-            bbox_preds: ``[(B, A*4, Hi, Wi)]`` deltas.
-            batch_gt_instances: per image ``bboxes`` ``(Gi, 4)`` (x1, y1, x2, y2, input-image
-                pixels) and ``labels`` ``(Gi,)`` in ``[0, K)``.
-            batch_img_metas: per image meta with ``pad_shape`` and ``img_shape``.
-            batch_gt_instances_ignore: per image ignored ``bboxes`` or None.
+            cls_scores (List[Tensor]): ``[(B, A*K, Hi, Wi)]`` logits.
+            bbox_preds (List[Tensor]): ``[(B, A*4, Hi, Wi)]`` deltas.
+            batch_gt_instances (InstanceList): per image ``bboxes`` ``(Gi, 4)`` (x1, y1, x2, y2,
+                input-image pixels) and ``labels`` ``(Gi,)`` in ``[0, K)``.
+            batch_img_metas (List[dict]): per image meta with ``pad_shape`` and ``img_shape``
+                (``img_id`` / ``img_path`` name the image in warnings and errors).
+            batch_gt_instances_ignore (OptInstanceList): per image ignored ``bboxes`` or None.
 
         Returns:
-            ``dict(loss_cls=scalar, loss_bbox=scalar)``; their sums over levels equal mmdet's
-            per-level lists.
+            dict: ``loss_cls`` and ``loss_bbox`` scalars; they equal the sums over levels of
+            mmdet's per-level lists.
+
+        Raises:
+            ValueError: a gt box has a NaN or infinite coordinate.
         """
         featmap_sizes = self._check_levels(cls_scores, bbox_preds)
         device = cls_scores[0].device
@@ -379,21 +315,23 @@ class RetinaNetHead(BaseDenseHead):
             featmap_sizes, [m['pad_shape'] for m in batch_img_metas], device)
         targets = self.get_batch_targets(anchors, valid, batch_gt_instances, batch_img_metas,
                                          batch_gt_instances_ignore)
+        # nonzero waits for the device, so the gt report copied before it is now readable
+        img_idx, anchor_idx, pos_gt = positive_pairs(targets)
+        report_bad_gts(targets.gt_report, batch_img_metas)
 
         avg_factor = targets.avg_factor
         if self.sync_avg_factor:
             avg_factor = reduce_mean_avg_factor(avg_factor)
         if self.avg_factor_momentum is not None:
-            avg_factor = self._smoothed_avg_factor(avg_factor)
+            avg_factor = moving_average(self.avg_factor_ema, avg_factor,
+                                        self.avg_factor_momentum, update=self.training)
 
         flat_cls = _flatten_levels(cls_scores, self.cls_out_channels)
         loss_cls = self.loss_cls(flat_cls.reshape(-1, self.cls_out_channels),
                                  targets.labels.reshape(-1), targets.label_weights.reshape(-1),
                                  avg_factor=avg_factor)
 
-        img_idx, anchor_idx = (targets.gt_inds > 0).nonzero(as_tuple=True)
         pos_anchors = anchors[anchor_idx]
-        pos_gt = targets.gt_bboxes[img_idx, targets.gt_inds[img_idx, anchor_idx] - 1]
         pos_pred = _flatten_levels(bbox_preds, self.bbox_coder.encode_size)[img_idx, anchor_idx]
         if self.reg_decoded_bbox:
             pos_pred = get_box_tensor(self.bbox_coder.decode(pos_anchors, pos_pred))
@@ -402,17 +340,6 @@ class RetinaNetHead(BaseDenseHead):
             pos_target = self.bbox_coder.encode(pos_anchors, pos_gt)
         loss_bbox = self.loss_bbox(pos_pred, pos_target, avg_factor=avg_factor)
         return dict(loss_cls=loss_cls, loss_bbox=loss_bbox)
-
-    def _smoothed_avg_factor(self, avg_factor: Tensor) -> Tensor:
-        """The moving average of the positive count after this step (see
-        ``avg_factor_momentum``); updated in place, without a host sync, in training mode."""
-        ema = self.avg_factor_ema
-        count = avg_factor.detach().to(ema.dtype)
-        new = torch.where(ema.isnan(), count,
-                          self.avg_factor_momentum * ema + (1 - self.avg_factor_momentum) * count)
-        if self.training:
-            ema.copy_(new)
-        return new
 
     # ------------------------------------------------------------------ inference
     def predict_by_feat(self,
@@ -426,91 +353,56 @@ class RetinaNetHead(BaseDenseHead):
         """Detections of a batch, equal to mmdet's ``BaseDenseHead.predict_by_feat``.
 
         Per level, for the whole batch: the ``nms_pre`` best (anchor, class) pairs with a
-        sigmoid score above ``score_thr``; then decode, clip to each ``img_shape``, optional rescale to the original
-        image, ``min_bbox_size`` filter, class-wise NMS and ``max_per_img``.
+        sigmoid score above ``score_thr``; then decode, clip to each ``img_shape``, optional
+        rescale to the original image, ``min_bbox_size`` filter, class-wise NMS and
+        ``max_per_img`` (the steps are in :mod:`.retina_post_processing`).
 
         Args:
-            cls_scores: ``[(B, A*K, Hi, Wi)]`` logits.
-            bbox_preds: ``[(B, A*4, Hi, Wi)]`` deltas.
-            score_factors: must be None (RetinaNet has no centerness-like factor).
-            batch_img_metas: per image ``img_shape`` and, with ``rescale``, ``scale_factor``
-                ``(w_scale, h_scale)``.
-            cfg: test config; None -> ``self.test_cfg``.
-            rescale: map boxes back to the original image size.
-            with_nms: False skips NMS and ``max_per_img`` (e.g. for test-time augmentation).
+            cls_scores (List[Tensor]): ``[(B, A*K, Hi, Wi)]`` logits.
+            bbox_preds (List[Tensor]): ``[(B, A*4, Hi, Wi)]`` deltas.
+            score_factors (List[Tensor], optional): must be None (RetinaNet has no
+                centerness-like factor).
+            batch_img_metas (List[dict], optional): per image ``img_shape`` and, with
+                ``rescale``, ``scale_factor`` ``(w_scale, h_scale)``.
+            cfg (ConfigDict, optional): test config; None -> ``self.test_cfg``.
+            rescale (bool): map boxes back to the original image size.
+            with_nms (bool): False skips NMS and ``max_per_img`` (e.g. for test-time
+                augmentation).
 
         Returns:
-            Per image ``InstanceData`` with ``bboxes`` ``(N, 4)`` (x1, y1, x2, y2), ``scores``
-            ``(N,)`` sorted descending when NMS ran, ``labels`` ``(N,)`` in ``[0, K)``.
+            InstanceList: per image ``bboxes`` ``(N, 4)`` (x1, y1, x2, y2), ``scores`` ``(N,)``
+            sorted descending when NMS ran, ``labels`` ``(N,)`` in ``[0, K)``.
         """
         if score_factors is not None:
             raise ValueError('score_factors must be None for RetinaNetHead')
         featmap_sizes = self._check_levels(cls_scores, bbox_preds)
         cfg = copy.deepcopy(self.test_cfg if cfg is None else cfg)
-        nms_pre = cfg.get('nms_pre', -1)
         score_thr = cfg.get('score_thr', 0)
-        num_classes, dim = self.cls_out_channels, self.bbox_coder.encode_size
+        # sigmoid is monotonic: pre-select on logits (no sigmoid over all B*A*K pairs), then
+        # apply mmdet's exact `sigmoid > score_thr` test on the survivors
+        floor = logit_floor(score_thr)
         _, level_anchors = self.anchor_cache.anchors(featmap_sizes, cls_scores[0].device,
                                                      cls_scores[0].dtype)
-        # sigmoid is monotonic: pre-select on logits (no sigmoid over all B*A*K pairs) with a
-        # margin, then apply mmdet's exact `sigmoid > score_thr` test on the survivors
-        if score_thr <= 0:
-            logit_floor = -math.inf
-        elif score_thr >= 1:
-            logit_floor = math.inf
-        else:
-            logit_floor = math.log(score_thr / (1 - score_thr)) - 1e-3
-        all_scores, all_labels, all_deltas, all_anchors = [], [], [], []
-        for cls_score, bbox_pred, anchors in zip(cls_scores, bbox_preds, level_anchors):
-            batch, _, height, width = cls_score.shape
-            # native (B, A*K, H, W) layout: no permute copy; flat = (a*K + k) * H*W + pixel
-            top_logits, flat = _topk_above(cls_score.detach().reshape(batch, -1), logit_floor,
-                                           nms_pre)
-            channel, pixel = flat // (height * width), flat % (height * width)
-            base = channel // num_classes
-            deltas = bbox_pred.detach().reshape(batch, self.num_base_priors, dim, -1)
-            batch_idx = torch.arange(batch, device=flat.device)[:, None]
-            all_deltas.append(deltas[batch_idx, base, :, pixel])  # (B, k, dim)
-            all_anchors.append(anchors[pixel * self.num_base_priors + base])
-            all_scores.append(top_logits.sigmoid())
-            all_labels.append(channel % num_classes)
-        scores = torch.cat(all_scores, 1)  # (B, M)
-        labels = torch.cat(all_labels, 1)
+        scores, labels, deltas, anchors = [], [], [], []
+        for cls_score, bbox_pred, level in zip(cls_scores, bbox_preds, level_anchors):
+            sel = select_level_topk(cls_score, self.cls_out_channels, floor,
+                                    cfg.get('nms_pre', -1))
+            level_deltas, level_priors = gather_level(bbox_pred, level, sel.base, sel.pixel)
+            scores.append(sel.scores)
+            labels.append(sel.labels)
+            deltas.append(level_deltas)
+            anchors.append(level_priors)
+        scores, labels = torch.cat(scores, 1), torch.cat(labels, 1)  # (B, M)
         keep = scores > score_thr
-        anchors, deltas = torch.cat(all_anchors, 1), torch.cat(all_deltas, 1)
-        bboxes = get_box_tensor(self.bbox_coder.decode(
-            anchors.reshape(-1, anchors.size(-1)), deltas.reshape(-1, dim)))
-        bboxes = bboxes.reshape(scores.size(0), -1, 4)
+        bboxes = decode_boxes(self.bbox_coder, torch.cat(anchors, 1), torch.cat(deltas, 1))
         if getattr(self.bbox_coder, 'clip_border', True):
-            # (B, 1, 4) bounds: x against the image width, y against its height
-            hw = bboxes.new_tensor([m['img_shape'][:2] for m in batch_img_metas])
-            bboxes = bboxes.clamp(min=bboxes.new_zeros(1), max=hw[:, None, [1, 0, 1, 0]])
+            bboxes = clip_boxes(bboxes, image_hw(batch_img_metas, bboxes))
         if rescale:
-            inv = bboxes.new_tensor([[1 / s for s in m['scale_factor']]
-                                     for m in batch_img_metas])
-            bboxes = bboxes * inv.repeat(1, 2)[:, None]
+            bboxes = rescale_boxes(bboxes, bboxes.new_tensor(
+                [m['scale_factor'] for m in batch_img_metas]))
         min_size = cfg.get('min_bbox_size', -1)
         if min_size >= 0:
-            keep &= (bboxes[..., 2] - bboxes[..., 0] > min_size) \
-                & (bboxes[..., 3] - bboxes[..., 1] > min_size)
-
-        num_imgs = scores.size(0)
-        if with_nms and batched_nms_supports(cfg['nms']):
-            # one class-wise NMS for the whole batch, equal to mmcv's per-image batched_nms
-            img_ids = torch.arange(num_imgs, device=keep.device)[:, None].expand_as(keep)[keep]
-            cand = InstanceData(bboxes=bboxes[keep], scores=scores[keep], labels=labels[keep])
-            return [cand[k] for k in batched_nms_batch(
-                cand.bboxes, cand.scores, cand.labels, img_ids, num_imgs, cfg['nms'],
-                cfg['max_per_img'])]
-        results = []
-        for i in range(num_imgs):
-            res = InstanceData(bboxes=bboxes[i][keep[i]], scores=scores[i][keep[i]],
-                               labels=labels[i][keep[i]])
-            if with_nms and res.bboxes.numel() > 0:
-                # NMS variants batched_nms_batch does not implement (e.g. soft_nms): mmcv's
-                dets, nms_keep = batched_nms(res.bboxes, res.scores, res.labels, cfg['nms'])
-                res = res[nms_keep]
-                res.scores = dets[:, -1]
-                res = res[:cfg['max_per_img']]
-            results.append(res)
-        return results
+            keep &= min_size_mask(bboxes, min_size)
+        if not with_nms:
+            return nms_per_image(bboxes, scores, labels, keep, None)
+        return nms_per_image(bboxes, scores, labels, keep, cfg['nms'], cfg['max_per_img'])
