@@ -1,6 +1,7 @@
 """RetinaPreciseBNHook / update_bn_stats: statistics against hand-computed batch averages, and a
 training run that must stay bit-identical to one without the hook."""
 import copy
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -207,3 +208,21 @@ def test_demo_detector_statistics_match_its_stem_outputs():
                  for b in batches]
     torch.testing.assert_close(model.backbone.bn1.running_mean, torch.stack(means).mean(0),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_sample_batches_splits_each_pass_between_ranks():
+    """Every rank draws the same seeded order and takes its own stride of it; one process gets
+    the whole order, as RandomSampler draws it."""
+    loader = torch.utils.data.DataLoader(list(range(10)), batch_size=2)
+    one = list(itertools.islice(sample_batches(loader, seed=3), 10))  # two passes
+    order = torch.cat(one).tolist()
+    gen = torch.Generator().manual_seed(3)
+    assert order == list(torch.utils.data.RandomSampler(range(10), generator=gen)) + \
+        list(torch.utils.data.RandomSampler(range(10), generator=gen))
+    shards = [torch.cat(list(itertools.islice(sample_batches(loader, 3, rank, 2), 3))).tolist()
+              for rank in (0, 1)]
+    assert shards == [order[0:10:2], order[1:10:2]]  # one pass: disjoint, together all of it
+    for rank, world_size, field in [(2, 2, 'rank'), (0, 0, 'world_size'),
+                                    (0, 11, 'training set')]:
+        with pytest.raises(ValueError, match=field):
+            next(sample_batches(loader, 0, rank, world_size))

@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterable, Iterator, Optional
 import numpy as np
 import torch
 from mmdet.registry import HOOKS
-from mmengine.dist import all_reduce
+from mmengine.dist import all_reduce, get_dist_info
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from torch import nn
@@ -33,14 +33,15 @@ def update_bn_stats(model: nn.Module, batches: Iterable[DataBatch], num_iters: i
     averaged over processes, so every rank ends with the same statistics.
 
     Args:
-        model: an mmdet detector (``data_preprocessor`` and ``forward(mode='tensor')``), not
-            wrapped.
-        batches: data batches as the train dataloader yields them (``inputs``: list of
-            ``(3, H, W)`` uint8 tensors, ``data_samples``).
-        num_iters: batches to average over (>= 1); ``batches`` must yield at least that many.
+        model (nn.Module): an mmdet detector (``data_preprocessor`` and
+            ``forward(mode='tensor')``), not wrapped.
+        batches (Iterable[DataBatch]): data batches as the train dataloader yields them
+            (``inputs``: list of ``(3, H, W)`` uint8 tensors, ``data_samples``).
+        num_iters (int): batches to average over (>= 1); ``batches`` must yield at least that
+            many.
 
     Returns:
-        number of BatchNorm layers updated (0: the model has none in training mode).
+        int: number of BatchNorm layers updated (0: the model has none in training mode).
 
     Raises:
         ValueError: if ``num_iters`` < 1 or ``batches`` runs out first.
@@ -90,18 +91,43 @@ def update_bn_stats(model: nn.Module, batches: Iterable[DataBatch], num_iters: i
     return len(layers)
 
 
-def sample_batches(loader: DataLoader, seed: int) -> Iterator[DataBatch]:
+def sample_batches(loader: DataLoader, seed: int, rank: int = 0,
+                   world_size: int = 1) -> Iterator[DataBatch]:
     """Endless batches of ``loader``'s dataset, batch size and collate function, in an order
-    fixed by ``seed``, loaded in this process.
+    fixed by ``seed``, loaded in this process; under ``torch.distributed``, this rank's shard.
 
     A separate loader leaves the training loader's workers, sampler and augmentation random
-    streams untouched, so recomputing statistics does not change the training run.
+    streams untouched, so recomputing statistics does not change the training run. Every rank
+    draws the same seeded permutation of the whole data set per pass and takes every
+    ``world_size``-th index of it from position ``rank`` (as ``DistributedSampler`` splits it),
+    so the ranks' batches are disjoint within a pass and together cover it.
+
+    Args:
+        loader (DataLoader): the training loader (dataset, batch size, collate function).
+        seed (int): order of the batches; the same on every run.
+        rank (int): this process's rank, in ``[0, world_size)``.
+        world_size (int): number of processes, >= 1.
+
+    Yields:
+        DataBatch: collated batches of ``loader.batch_size`` samples (fewer at a pass's end).
+
+    Raises:
+        ValueError: if ``world_size`` < 1, ``rank`` is outside ``[0, world_size)`` or the
+            data set has fewer samples than ranks (a rank would wait for batches forever).
     """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f'rank must be in [0, world_size) with world_size >= 1, got rank={rank}, '
+                         f'world_size={world_size}')
+    if len(loader.dataset) < world_size:
+        raise ValueError(f'the training set must hold at least world_size={world_size} samples, '
+                         f'got {len(loader.dataset)}')
     generator = torch.Generator().manual_seed(seed)
     while True:
-        sampler = RandomSampler(loader.dataset, generator=generator)
-        yield from DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-                              collate_fn=loader.collate_fn, num_workers=0)
+        # RandomSampler's draw, so that one process averages the batches it always did.
+        order = list(RandomSampler(loader.dataset, generator=generator))
+        yield from DataLoader(loader.dataset, batch_size=loader.batch_size,
+                              sampler=order[rank::world_size], collate_fn=loader.collate_fn,
+                              num_workers=0)
 
 
 class _FrozenRandomState:
@@ -134,13 +160,16 @@ class RetinaPreciseBNHook(Hook):
     (augmentations included) and the global random states are restored afterwards, so training
     itself is unchanged: weights and every later batch are bit-identical to a run without the
     hook; only the BN buffers differ. Models without BatchNorm in training mode are left as is.
+    Under ``torch.distributed`` each rank averages ``num_iters`` batches of its own shard of the
+    training set (:func:`sample_batches`) and the statistics are then averaged over the ranks,
+    so all ranks end with the same buffers, computed from ``world_size * num_iters`` batches.
 
     Args:
-        num_iters: training batches to average over (detectron2: 200). >= 1.
-        interval: run every ``interval`` epochs (``by_epoch``) or iterations, and always after
-            the last. >= 1; a value >= the schedule's length runs once, at the end.
-        by_epoch: count ``interval`` in epochs (``EpochBasedTrainLoop``) or iterations.
-        seed: order of the extra batches; the same batches on every run.
+        num_iters (int): training batches to average over, per rank (detectron2: 200). >= 1.
+        interval (int): run every ``interval`` epochs (``by_epoch``) or iterations, and always
+            after the last. >= 1; a value >= the schedule's length runs once, at the end.
+        by_epoch (bool): count ``interval`` in epochs (``EpochBasedTrainLoop``) or iterations.
+        seed (int): order of the extra batches; the same batches on every run.
     """
 
     # Before CheckpointHook (VERY_LOW) saves the epoch and before validation (which runs after
@@ -171,10 +200,12 @@ class RetinaPreciseBNHook(Hook):
 
     def _update(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        rank, world_size = get_dist_info()
         start = time.perf_counter()
         with _FrozenRandomState():
-            count = update_bn_stats(model, sample_batches(runner.train_dataloader, self.seed),
-                                    self.num_iters)
+            batches = sample_batches(runner.train_dataloader, self.seed, rank, world_size)
+            count = update_bn_stats(model, batches, self.num_iters)
+        shards = f' on each of {world_size} ranks (own shards)' if world_size > 1 else ''
         runner.logger.info(
             f'PreciseBN: statistics of {count} BatchNorm layers averaged over '
-            f'{self.num_iters} batches ({time.perf_counter() - start:.1f} s)')
+            f'{self.num_iters} batches{shards} ({time.perf_counter() - start:.1f} s)')
