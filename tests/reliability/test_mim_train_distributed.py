@@ -1,26 +1,34 @@
 """The user's command, ``mim train mmdet CONFIG --launcher pytorch --gpus 2``, on a CPU-only host.
 
 mim starts two processes of mmdet's ``tools/train.py`` under ``torch.distributed.launch``. The
-config keeps mmdet's default ``dist_cfg=dict(backend='nccl')`` and sets no ``model_wrapper_cfg``:
-``import mmdet_retina_plugin`` (through ``custom_imports``) must make mmengine fall back to gloo
-and to a DDP without ``device_ids`` by itself (:mod:`mmdet_retina_plugin.engine.cpu_distributed`).
+config asks for CPU distributed training with the three documented keys
+(:mod:`mmdet_retina_plugin.engine.cpu_distributed`): ``runner_type='RetinaCPUDistributedRunner'``,
+``env_cfg.dist_cfg.backend='gloo'`` and ``model_wrapper_cfg`` of ``RetinaDistributedDataParallel``.
 Both ranks must finish 4 iterations with bit-identical parameters, equal to rank 0's checkpoint.
+A config that asks without usable settings stops with a ``ValueError`` naming the field.
 """
+import datetime
 import os
 import os.path as osp
 import signal
 import socket
 import subprocess
-from types import SimpleNamespace
 
 import pytest
 import torch
+from mmengine.runner import Runner
 from rel_helpers import HERE, PYTHON, child_env, state_dicts_equal, tail
 from rel_tiny_cfg import tiny_cfg
 
 import mmdet_retina_plugin  # noqa: F401  (weights-only torch.load of mmengine checkpoints)
+from mmdet_retina_plugin.engine import cpu_distributed
+from mmdet_retina_plugin.engine.cpu_distributed import (
+    RetinaCPUDistributedRunner,
+    cpu_process_group_kwargs,
+)
 
 MAX_ITERS = 4
+WRAPPER = dict(type='RetinaDistributedDataParallel', broadcast_buffers=False)
 
 
 def free_port() -> int:
@@ -32,9 +40,10 @@ def free_port() -> int:
 def test_mim_train_pytorch_launcher_two_cpu_processes(shapes_root, tmp_path):
     work, log = str(tmp_path / 'work'), str(tmp_path / 'mim_train.log')
     cfg = tiny_cfg(shapes_root, work, max_iters=MAX_ITERS, ckpt_interval=MAX_ITERS)
-    # What a user's config carries: mmdet's default_runtime backend, no CPU-specific settings.
-    cfg.env_cfg.dist_cfg = dict(backend='nccl')
-    cfg.pop('model_wrapper_cfg', None)
+    # What docs/reliability.md tells a user to add for CPU-only hosts.
+    cfg.runner_type = 'RetinaCPUDistributedRunner'
+    cfg.env_cfg.dist_cfg = dict(backend='gloo', timeout=120)
+    cfg.model_wrapper_cfg = dict(type='RetinaDistributedDataParallel', broadcast_buffers=False)
     cfg.custom_imports = dict(imports=['mmdet_retina_plugin', 'rel_dump_params_hook'],
                               allow_failed_imports=False)
     cfg.custom_hooks = [*cfg.custom_hooks, dict(type='RelDumpParamsHook')]
@@ -62,7 +71,7 @@ def test_mim_train_pytorch_launcher_two_cpu_processes(shapes_root, tmp_path):
     with open(log) as f:
         text = f.read()
     assert 'Distributed training: True' in text and 'GPU number: 2' in text  # world size 2
-    assert "initialising the process group with 'gloo'" in text
+    assert "process group initialised with 'gloo'" in text
     assert f'Iter(train) [{MAX_ITERS}/{MAX_ITERS}]' in text
 
     ranks = [torch.load(osp.join(work, f'final_rank{r}.pth'), map_location='cpu')
@@ -79,42 +88,43 @@ def test_mim_train_pytorch_launcher_two_cpu_processes(shapes_root, tmp_path):
     assert state_dicts_equal({k: ckpt['state_dict'][k] for k in r0}, r0) == []
 
 
-def test_patches_only_act_without_accelerator(monkeypatch):
-    """With CUDA (or another accelerator) mmengine's functions run unchanged; installing twice
-    does not wrap twice."""
-    import mmengine.dist.utils as dist_utils
-    from mmengine.runner import Runner
+@pytest.mark.parametrize('launcher, dist_cfg, wrapper, field', [
+    ('slurm', dict(backend='gloo'), WRAPPER, 'launcher'),
+    ('pytorch', dict(backend='nccl'), WRAPPER, 'env_cfg.dist_cfg.backend'),
+    ('pytorch', dict(), WRAPPER, 'env_cfg.dist_cfg.backend'),
+    ('pytorch', dict(backend='gloo', init_backend='deepspeed'), WRAPPER,
+     'env_cfg.dist_cfg.init_backend'),
+    ('pytorch', dict(backend='gloo'), None, 'model_wrapper_cfg'),
+    ('pytorch', dict(backend='gloo'), dict(type='MMDistributedDataParallel'), 'model_wrapper_cfg'),
+    ('pytorch', dict(backend='gloo'), dict(broadcast_buffers=False), 'model_wrapper_cfg'),
+])
+def test_unusable_cpu_settings_name_the_field(launcher, dist_cfg, wrapper, field):
+    with pytest.raises(ValueError, match=field.replace('.', r'\.')):
+        cpu_process_group_kwargs(launcher, dist_cfg, wrapper)
 
-    from mmdet_retina_plugin.engine import cpu_distributed
 
-    before = dist_utils._init_dist_pytorch, Runner.wrap_model
-    cpu_distributed.install_cpu_distributed()
-    assert (dist_utils._init_dist_pytorch, Runner.wrap_model) == before
-    assert dist_utils._init_dist_pytorch.__wrapped__.__module__ == 'mmengine.dist.utils'
+def test_process_group_arguments():
+    assert cpu_process_group_kwargs('pytorch', dict(backend='gloo', timeout=30), WRAPPER) == \
+        dict(backend='gloo', timeout=datetime.timedelta(seconds=30))
+    assert cpu_process_group_kwargs('pytorch', dict(backend='gloo'), WRAPPER) == \
+        dict(backend='gloo')
 
+
+def test_runner_with_an_accelerator_or_without_launcher_is_mmengines(monkeypatch):
+    """The process group is ours only for a distributed run on a host without an accelerator;
+    otherwise mmengine's setup_env does everything (here: not distributed, nothing to init)."""
     calls = []
-    init = cpu_distributed._wrap_init_dist_pytorch(lambda *a, **k: calls.append(('orig', a, k)))
     monkeypatch.setattr(cpu_distributed.torch_dist, 'init_process_group',
-                        lambda **k: calls.append(('pg', k)))
+                        lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(Runner, 'setup_env', lambda self, env_cfg: calls.append('mmengine'))
+    runner = RetinaCPUDistributedRunner.__new__(RetinaCPUDistributedRunner)  # no __init__
+    runner._distributed, runner._launcher = True, 'pytorch'
+    runner.cfg = dict(model_wrapper_cfg=WRAPPER)
+    env_cfg = dict(dist_cfg=dict(backend='gloo'))
     monkeypatch.setattr(cpu_distributed, 'get_device', lambda: 'cuda')
-    init('nccl', timeout=5)
-    assert calls.pop() == ('orig', ('nccl',), dict(init_backend='torch', timeout=5))
+    runner.setup_env(env_cfg)
+    assert calls == ['mmengine']
     monkeypatch.setattr(cpu_distributed, 'get_device', lambda: 'cpu')
-    monkeypatch.setattr(cpu_distributed, '_warned_backend', False)
-    with pytest.warns(RuntimeWarning, match="'gloo'"):
-        init('nccl', timeout=5)
-    assert calls.pop() == ('pg', dict(backend='gloo', timeout=5))
-    init('gloo')
-    assert calls.pop() == ('pg', dict(backend='gloo'))
-    init('nccl', init_backend='deepspeed')  # not ours to change
-    assert calls.pop() == ('orig', ('nccl',), dict(init_backend='deepspeed'))
-
-    # Runner.wrap_model: the default (model_wrapper_cfg=None) branch gets our CPU-safe wrapper
-    wrap = cpu_distributed._wrap_runner_wrap_model(lambda self, wrapper_cfg, model: wrapper_cfg)
-    runner = SimpleNamespace(distributed=True, cfg=dict(find_unused_parameters=True))
-    model = torch.nn.Linear(1, 1)
-    assert wrap(runner, None, model) == dict(type='RetinaDistributedDataParallel',
-                                             broadcast_buffers=False, find_unused_parameters=True)
-    assert wrap(runner, dict(type='X'), model) == dict(type='X')  # the config's choice wins
-    monkeypatch.setattr(cpu_distributed, 'get_device', lambda: 'cuda')
-    assert wrap(runner, None, model) is None  # mmengine's own MMDistributedDataParallel
+    runner._distributed, runner._launcher = False, 'none'
+    runner.setup_env(env_cfg)
+    assert calls == ['mmengine', 'mmengine']

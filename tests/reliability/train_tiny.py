@@ -14,8 +14,9 @@ Faults kill this process with SIGKILL (like ``kill -9``: no cleanup, no ``finall
 
 ``--fault nan_loss:K:R`` instead makes rank R's loss NaN at iteration K (no kill).
 
-``--launcher pytorch`` runs under ``torchrun`` (on a CPU-only torch the plugin's
-``engine/cpu_distributed.py`` makes mmengine use gloo and a CPU-capable DDP wrapper).
+``--launcher pytorch`` runs under ``torchrun``; the config then asks for CPU distributed training
+as ``docs/reliability.md`` says (``RetinaCPUDistributedRunner``, gloo,
+``RetinaDistributedDataParallel``; mmengine's own code where an accelerator exists).
 
 After training each rank saves its final parameters and buffers as
 ``WORK_DIR/final_rank{R}.pth`` (``dict(params=..., buffers=...)``).
@@ -36,7 +37,7 @@ from mmengine.dist import get_rank  # noqa: E402
 from mmengine.fileio.backends import local_backend  # noqa: E402
 from mmengine.hooks import Hook, checkpoint_hook  # noqa: E402
 from mmengine.model import is_model_wrapper  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+from mmengine.registry import RUNNERS  # noqa: E402
 from rel_tiny_cfg import tiny_cfg  # noqa: E402
 
 import mmdet_retina_plugin  # noqa: E402,F401
@@ -136,13 +137,16 @@ def main() -> None:
     cfg = tiny_cfg(args.data_root, args.work_dir, max_iters=args.max_iters,
                    atomic=not args.stock_ckpt)
     cfg.launcher = args.launcher
+    if args.launcher == 'pytorch':
+        cfg.runner_type = 'RetinaCPUDistributedRunner'
+        cfg.model_wrapper_cfg = dict(type='RetinaDistributedDataParallel', broadcast_buffers=False)
     cfg.resume = args.resume
     kind, _, k = args.fault.partition(':')
     if kind == 'ckpt_write':
         _install_write_fault(f'iter_{k}.pth', '')
     elif kind == 'pointer_write':
         _install_write_fault('last_checkpoint', f'iter_{k}.pth')
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)  # the config's runner_type, mmengine's Runner by default
     if kind == 'after_iter':
         runner.register_hook(_KillAfterIter(int(k)))
     elif kind == 'nan_loss':
