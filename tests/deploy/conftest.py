@@ -1,0 +1,82 @@
+"""Detectors exported once per session: the demo detector and the R50 RetinaNet config.
+
+Both have random weights (nothing is downloaded) with the class bias raised, so that every
+image gets detections to compare; the R50 config's test resize is shrunk to keep the inputs
+small.
+"""
+import math
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import pytest
+import torch
+from mmdet.registry import MODELS
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+import mmdet_retina_plugin  # noqa: F401  (registers our modules)
+from mmdet_retina_plugin.deploy import export_onnx
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = REPO / 'configs' / 'demo' / 'retinanet_shapes.py'
+R50_CONFIG = REPO / 'configs' / 'retinanet' / 'retina-plugin_r50_fpn_1x_coco.py'
+# R50 test resize: images up to 320 x 192 (instead of 1333 x 800)
+R50_SCALE = (320, 192)
+
+
+def textured_image(height: int, width: int, seed: int) -> np.ndarray:
+    """A uint8 BGR image of smooth random blobs (structure for the random convs to respond to)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, (max(height // 16, 2), max(width // 16, 2), 3))
+    import cv2
+    return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).clip(
+        0, 255).astype(np.uint8)
+
+
+def _write_detector(cfg: Config, root: Path, name: str, bias: float, seed: int = 0
+                    ) -> Dict[str, Path]:
+    """Builds ``cfg.model`` with seeded random weights and class bias ``bias``; writes the config
+    and a checkpoint (with class names) under ``root``."""
+    init_default_scope('mmdet')
+    torch.manual_seed(seed)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    with torch.no_grad():
+        model.bbox_head.retina_cls.bias.fill_(bias)
+    classes = [f'class_{i}' for i in range(model.bbox_head.num_classes)]
+    config, checkpoint = root / f'{name}.py', root / f'{name}.pth'
+    cfg.dump(str(config))
+    torch.save(dict(state_dict=model.state_dict(), meta=dict(dataset_meta=dict(classes=classes))),
+               checkpoint)
+    return dict(config=config, checkpoint=checkpoint)
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+@pytest.fixture(scope='session')
+def demo_detector(tmp_path_factory) -> Dict[str, Path]:
+    """The demo detector (random weights; scores around 0.2) and its dynamic ONNX export."""
+    root = tmp_path_factory.mktemp('deploy_demo')
+    files = _write_detector(Config.fromfile(str(DEMO_CONFIG)), root, 'demo', _logit(0.2))
+    files['onnx'] = export_onnx(files['config'], files['checkpoint'], root / 'demo.onnx',
+                                dynamic=True, input_size=(160, 160))
+    return files
+
+
+@pytest.fixture(scope='session')
+def r50_detector(tmp_path_factory) -> Dict[str, Path]:
+    """The R50 RetinaNet config (random weights, test resize to 320 x 192) and its dynamic
+    ONNX export."""
+    root = tmp_path_factory.mktemp('deploy_r50')
+    cfg = Config.fromfile(str(R50_CONFIG))
+    cfg.model.backbone.init_cfg = None
+    for transform in cfg.test_dataloader.dataset.pipeline:
+        if transform['type'] == 'Resize':
+            transform['scale'] = R50_SCALE
+    files = _write_detector(cfg, root, 'r50', _logit(0.1))
+    files['onnx'] = export_onnx(files['config'], files['checkpoint'], root / 'r50.onnx',
+                                dynamic=True)
+    return files
