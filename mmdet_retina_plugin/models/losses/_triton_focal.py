@@ -1,8 +1,9 @@
 """Triton kernel for the dense focal-loss sweep on CUDA (see :func:`dense_triton`).
 
-Imported lazily by ``retina_focal_loss`` only for CUDA tensors: importing this module imports
-``triton``. The math mirrors ``retina_focal_loss.focal_terms`` term by term (same names), in
-fp32; the tests compare the two on a GPU.
+Imported lazily by ``focal_backends`` only when the kernel is to run: importing this module
+imports ``triton``. The math mirrors ``retina_focal_loss.focal_terms`` term by term (same
+names), in fp32; the tests compare the two on a GPU, and on CPU tensors through Triton's
+interpreter.
 """
 from __future__ import annotations
 
@@ -89,9 +90,12 @@ def dense_triton(x: Tensor, t: Union[bool, Tensor], weight: Optional[Tensor], ga
     """Triton version of ``retina_focal_loss._dense_pass`` (same args; fp32 results).
 
     Args:
-        x (Tensor): CUDA logits ``(n, K)``, fp32 / fp16 / bf16.
-        t (bool | Tensor): ``False`` (all negatives) or float targets ``(n, K)``.
+        x (Tensor): CUDA logits ``(n, K)`` (CPU under the interpreter), fp32 / fp16 / bf16.
+        t (bool | Tensor): ``False`` (all negatives) or targets ``(n, K)`` (one-hot of any
+            dtype, or soft floats).
         weight (Tensor | None): ``(n, 1)`` per-anchor or ``(n, K)`` per-element weights.
+        gamma (float): focusing exponent, ``>= 0``.
+        alpha (float | None): weight of positives; ``None`` disables the term.
         reduce_sum (bool): return per-block partial sums ``(ceil(n * K / BLOCK),)`` (the
             caller sums them) instead of the loss ``(n, K)``.
         need_grad (bool): also return the weighted derivative ``(n, K)``.
@@ -108,6 +112,8 @@ def dense_triton(x: Tensor, t: Union[bool, Tensor], weight: Optional[Tensor], ga
                        dtype=torch.float32)
     if numel:
         has_t = not isinstance(t, bool)
+        if has_t and not t.is_floating_point():  # integer / bool one-hot: load as floats
+            t = t.float()
         if weight is None:
             w_mode = _NO_WEIGHT
         else:

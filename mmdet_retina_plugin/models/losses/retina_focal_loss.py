@@ -28,14 +28,16 @@ configs can swap mmdet's ``FocalLoss`` for this one with identical numbers:
 """
 from __future__ import annotations
 
-import warnings
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from .focal_backends import DenseFn, FocalBackends
 
 # The target of the dense sweep: ``False`` means "every element is a negative" (class-index
 # targets, fixed up afterwards), a tensor means float targets of the logits' shape.
@@ -119,7 +121,10 @@ def _dense_pass(x: Tensor, t: DenseTarget, weight: Optional[Tensor], gamma: floa
         x (Tensor): logits ``(n, K)``.
         t (bool | Tensor): ``False`` (all negatives) or float targets ``(n, K)``.
         weight (Tensor | None): ``(n, 1)`` per-anchor or ``(n, K)`` per-element weights.
+        gamma (float): focusing exponent, ``>= 0``.
+        alpha (float | None): weight of positives; ``None`` disables the term.
         reduce_sum (bool): return the loss summed to a 0-d fp64 tensor instead of ``(n, K)``.
+        need_grad (bool): also compute the derivative.
 
     Returns:
         tuple[Tensor, Tensor | None]: loss (0-d fp64 sum, or ``(n, K)``) and weighted
@@ -171,7 +176,12 @@ def _finish(dense: Tuple[Tensor, Optional[Tensor]], pred: Tensor, target: Tensor
     Args:
         dense (tuple[Tensor, Tensor | None]): the sweep's loss (a 1-D split of the sum, or
             ``(N, K)``) and derivative ``(N, K)`` or ``None``; fixed up in place.
-        pred, target, weight: as in :func:`focal_loss_and_grad`.
+        pred (Tensor): logits ``(N, K)``.
+        target (Tensor): class indices ``(N,)`` or float targets ``(N, K)`` (left as is).
+        weight (Tensor | None): ``(N, 1)`` or ``(N, K)`` weights.
+        gamma (float): focusing exponent.
+        alpha (float | None): weight of positives; ``None`` disables the term.
+        reduce_sum (bool): whether ``dense`` holds a split sum to total.
 
     Returns:
         tuple[Tensor, Tensor | None]: as :func:`focal_loss_and_grad`.
@@ -202,74 +212,41 @@ def _finish(dense: Tuple[Tensor, Optional[Tensor]], pred: Tensor, target: Tensor
     return loss, grad
 
 
-def _dense_target(target: Tensor) -> DenseTarget:
-    return False if target.dim() == 1 else target
+def fused_pass(dense: DenseFn, pred: Tensor, target: Tensor, weight: Optional[Tensor],
+               gamma: float, alpha: Optional[float], reduce_sum: bool,
+               need_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """The whole loss around the dense sweep ``dense``: the sweep, then the fix-up of
+    class-index targets (args and returns as :func:`focal_loss_and_grad`).
+
+    ``dense`` is :func:`_dense_eager`, :func:`_dense_pass` (what ``torch.compile`` fuses with
+    the fix-up into one C++ kernel) or the Triton sweep; ``focal_backends`` picks one.
+    """
+    sweep = dense(pred, False if target.dim() == 1 else target, weight, gamma, alpha,
+                  reduce_sum, need_grad)
+    return _finish(sweep, pred, target, weight, gamma, alpha, reduce_sum)
 
 
-def _focal_core(pred: Tensor, target: Tensor, weight: Optional[Tensor], gamma: float,
-                alpha: Optional[float], reduce_sum: bool,
-                need_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
-    """Dense sweep + fix-up on the whole input: what ``torch.compile`` turns into a single
-    fused C++ kernel (args and returns as :func:`focal_loss_and_grad`)."""
-    dense = _dense_pass(pred, _dense_target(target), weight, gamma, alpha, reduce_sum,
-                        need_grad)
-    return _finish(dense, pred, target, weight, gamma, alpha, reduce_sum)
-
-
-class _Backends:
-    """Lazily built fast backends, disabled for good after a failure."""
-
-    def __init__(self) -> None:
-        self._compiled: Optional[Callable] = None
-        self._triton: Optional[Callable] = None
-        self.failed: Dict[str, bool] = {}
-
-    def compiled(self) -> Callable:
-        """``torch.compile`` of :func:`_focal_core`."""
-        if self._compiled is None:
-            self._compiled = torch.compile(_focal_core, fullgraph=True)
-        return self._compiled
-
-    def triton(self) -> Callable:
-        """The Triton dense sweep (same contract as :func:`_dense_pass`)."""
-        if self._triton is None:
-            from ._triton_focal import dense_triton  # imports triton: absent on CPU-only hosts
-            self._triton = dense_triton
-        return self._triton
-
-    def run(self, name: str, fn: Callable[[], Tuple[Tensor, Optional[Tensor]]]
-            ) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
-        """Runs ``fn`` (building ``name`` first); ``None`` if the backend is or becomes broken."""
-        if self.failed.get(name):
-            return None
-        try:
-            return fn()
-        except Exception as err:  # noqa: BLE001  (a fast path must never break a user's run)
-            self.failed[name] = True
-            warnings.warn(f'RetinaFocalLoss: {name} backend failed ({type(err).__name__}: '
-                          f'{err}); using the eager implementation from now on.')
-            return None
-
-
-BACKENDS = _Backends()
+BACKENDS = FocalBackends(fused_pass, dense_whole=_dense_pass, dense_chunked=_dense_eager)
 
 
 def focal_loss_and_grad(pred: Tensor, target: Tensor, weight: Optional[Tensor],
                         gamma: float, alpha: Optional[float], reduce_sum: bool,
                         need_grad: bool, compile_min_numel: Optional[int] = None
                         ) -> Tuple[Tensor, Optional[Tensor]]:
-    """Weighted focal loss (summed or elementwise) and its derivative, unscaled; picks the
-    backend.
+    """Weighted focal loss (summed or elementwise) and its derivative, unscaled, on the
+    backend :data:`BACKENDS` picks.
 
     Args:
         pred (Tensor): logits ``(N, K)``.
         target (Tensor): class indices ``(N,)`` (values outside ``[0, K)`` are background) or
             float targets ``(N, K)`` in ``[0, 1]``.
         weight (Tensor | None): ``(N, 1)`` per-anchor or ``(N, K)`` per-element weights.
+        gamma (float): focusing exponent, ``>= 0``.
+        alpha (float | None): weight of positives; ``None`` disables the term.
         reduce_sum (bool): sum the loss to a 0-d tensor instead of returning ``(N, K)``.
         need_grad (bool): also return ``d loss / d pred``.
-        compile_min_numel (int | None): use the compiled CPU kernel from this many elements
-            on; ``None`` never compiles.
+        compile_min_numel (int | None): use the compiled kernel from this many elements on;
+            ``None`` never compiles.
 
     Returns:
         tuple[Tensor, Tensor | None]: loss (0-d or ``(N, K)``) and derivative ``(N, K)``,
@@ -277,21 +254,8 @@ def focal_loss_and_grad(pred: Tensor, target: Tensor, weight: Optional[Tensor],
     """
     if weight is not None:
         weight = weight.to(compute_dtype(pred.dtype))
-    args = (pred, target, weight, gamma, alpha, reduce_sum)
-    dense_args = (pred, _dense_target(target), weight, gamma, alpha, reduce_sum, need_grad)
-    out = None
-    if pred.is_cuda and pred.dtype != torch.float64:  # the kernel computes in fp32
-        out = BACKENDS.run('triton', lambda: _finish(BACKENDS.triton()(*dense_args), *args))
-    elif (compile_min_numel is not None and pred.numel() >= compile_min_numel
-          and not torch.compiler.is_compiling()):
-        def compiled() -> Tuple[Tensor, Optional[Tensor]]:
-            # One kernel for every batch size: only the row count is symbolic.
-            for a in (pred, target, weight):
-                if a is not None:
-                    torch._dynamo.mark_dynamic(a, 0)
-            return BACKENDS.compiled()(*args, need_grad)
-        out = BACKENDS.run('torch.compile', compiled)
-    return out if out is not None else _finish(_dense_eager(*dense_args), *args)
+    return BACKENDS.run(pred, target, weight, gamma, alpha, reduce_sum, need_grad,
+                        compile_min_numel)
 
 
 class SigmoidFocalLossFunction(torch.autograd.Function):
@@ -328,13 +292,32 @@ class SigmoidFocalLossFunction(torch.autograd.Function):
         return grad.to(dtype), None, None, None, None, None, None, None
 
 
+
+
+def focal_loss_with_prob(p: Tensor, t: Tensor, gamma: float, alpha: Optional[float]) -> Tensor:
+    """Elementwise focal loss of probabilities (mmdet's ``activated=True``), via autograd.
+
+    Args:
+        p (Tensor): probabilities in ``[0, 1]``, any shape ``S``.
+        t (Tensor): float targets of shape ``S`` in ``[0, 1]``.
+        gamma (float): focusing exponent, ``>= 0``.
+        alpha (float | None): weight of positives; ``None`` disables the term.
+
+    Returns:
+        Tensor: loss ``S``; ``binary_cross_entropy`` clamps each log at -100, as in mmdet.
+    """
+    q = t * (1.0 - p) + (1.0 - t) * p  # 1 - p_t
+    loss = F.binary_cross_entropy(p, t, reduction='none') * q.pow(gamma)
+    return loss if alpha is None else loss * (alpha * t + (1.0 - alpha) * (1.0 - t))
+
+
 @MODELS.register_module()
 class RetinaFocalLoss(BaseModule):
     """Sigmoid focal loss, a drop-in replacement for mmdet's ``FocalLoss``.
 
-    Same constructor and forward arguments and the same numbers as mmdet's ``FocalLoss``
-    (``use_sigmoid=True``, not ``activated``), with a closed-form fused gradient, no one-hot
-    tensor, fp32 math for fp16 / bf16 inputs and fast backends (see the module docstring).
+    Same constructor and forward arguments, input shapes and numbers (losses and gradients)
+    as mmdet's ``FocalLoss``; on logits a closed-form fused gradient, no one-hot tensor, fp32
+    math for fp16 / bf16 inputs and fast backends (see the module docstring).
 
     Args:
         use_sigmoid (bool): must be ``True``: only the sigmoid focal loss is supported.
@@ -343,7 +326,9 @@ class RetinaFocalLoss(BaseModule):
             ``1 - alpha``); ``None`` disables the balancing term.
         reduction (str): ``'none'`` | ``'mean'`` | ``'sum'``.
         loss_weight (float): multiplier of the loss, ``>= 0``.
-        compile_min_numel (int | None): CPU inputs with at least this many elements use a
+        activated (bool): ``pred`` holds probabilities instead of logits (mmdet's
+            ``py_focal_loss_with_prob``: eager autograd, no fast path).
+        compile_min_numel (int | None): logits with at least this many elements use a
             ``torch.compile`` kernel (compiled once: ~20 s, ~6 s from the inductor disk cache;
             then 8-25x faster than eager, measured);
             ``None`` disables compiling. Defaults to ``2**22`` (a full-size RetinaNet batch is
@@ -353,7 +338,8 @@ class RetinaFocalLoss(BaseModule):
 
     def __init__(self, use_sigmoid: bool = True, gamma: float = 2.0,
                  alpha: Optional[float] = 0.25, reduction: str = 'mean',
-                 loss_weight: float = 1.0, compile_min_numel: Optional[int] = 1 << 22,
+                 loss_weight: float = 1.0, activated: bool = False,
+                 compile_min_numel: Optional[int] = 1 << 22,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         if use_sigmoid is not True:
@@ -366,6 +352,8 @@ class RetinaFocalLoss(BaseModule):
         _check_reduction('reduction', reduction)
         if not loss_weight >= 0:
             raise ValueError(f'loss_weight must be >= 0, got {loss_weight!r}')
+        if not isinstance(activated, bool):
+            raise ValueError(f'activated must be True or False, got {activated!r}')
         if compile_min_numel is not None and compile_min_numel < 0:
             raise ValueError(f'compile_min_numel must be >= 0 or None, got '
                              f'{compile_min_numel!r}')
@@ -374,6 +362,7 @@ class RetinaFocalLoss(BaseModule):
         self.alpha = None if alpha is None else float(alpha)
         self.reduction = reduction
         self.loss_weight = float(loss_weight)
+        self.activated = activated
         self.compile_min_numel = compile_min_numel
 
     def forward(self, pred: Tensor, target: Tensor, weight: Optional[Tensor] = None,
@@ -382,52 +371,66 @@ class RetinaFocalLoss(BaseModule):
         """Computes the loss.
 
         Args:
-            pred (Tensor): logits ``(N, K)``, e.g. ``(B * sum(Hi*Wi*A), K)``; fp32/fp16/bf16.
-            target (Tensor): class indices ``(N,)`` (integer; ``K``, or any value outside
-                ``[0, K)``, is background) or float targets ``(N, K)`` (one-hot or soft, in
-                ``[0, 1]``).
-            weight (Tensor | None): per-anchor ``(N,)`` or per-element ``(N, K)`` (also
-                accepted flattened, ``(N * K,)``) loss weights.
+            pred (Tensor): logits (probabilities with ``activated``) of any shape ``S`` with
+                a float target of the same shape, or ``(N, K)`` with class indices, e.g.
+                ``(B * sum(Hi*Wi*A), K)``; fp32 / fp64 / fp16 / bf16.
+            target (Tensor): float targets of shape ``S`` (one-hot or soft, in ``[0, 1]``) or
+                integer class indices ``(N,)`` for ``(N, K)`` ``pred`` (``K``, or any value
+                outside ``[0, K)``, is background).
+            weight (Tensor | None): loss weights, mmdet's rules: of shape ``S``; for ``(N, K)``
+                losses also per anchor (``N`` elements, first dimension ``N``, e.g.
+                ``(N,)``) or per element flattened (``N * K`` elements, first dimension not
+                ``N``, e.g. ``(N * K,)``).
             avg_factor (float | Tensor | None): with ``'mean'``, the loss is
-                ``sum / (avg_factor + eps)`` instead of the mean over ``N * K`` elements;
-                ignored with ``'none'``; an error with ``'sum'`` (as in mmdet).
+                ``sum / (avg_factor + eps)`` instead of the mean over all elements; ignored
+                with ``'none'``; an error with ``'sum'`` (as in mmdet).
             reduction_override (str | None): replaces ``reduction`` for this call.
 
         Returns:
-            Tensor: 0-d loss, or ``(N, K)`` with ``'none'``; fp32 (fp64 for fp64 ``pred``).
+            Tensor: 0-d loss, or the elementwise loss (shape ``S``, or ``(N, K)`` for class
+            indices) with ``'none'``; fp32 (fp64 for fp64 ``pred``).
         """
         reduction = self.reduction
         if reduction_override is not None:
             reduction = _check_reduction('reduction_override', reduction_override)
-        if pred.dim() != 2:
-            raise ValueError(f'pred must be (N, K) logits, got shape {tuple(pred.shape)}')
-        n, k = pred.shape
-        if target.dim() == 1:
-            if target.shape[0] != n or target.is_floating_point():
-                raise ValueError(f'class-index target must be an integer (N,) = ({n},) '
-                                 f'tensor, got {target.dtype} {tuple(target.shape)}')
-        elif target.shape != pred.shape:
-            raise ValueError(f'float target must have pred\'s shape {tuple(pred.shape)}, '
-                             f'got {tuple(target.shape)}')
-        if weight is not None:
-            weight = _weight_as_2d(weight, n, k)
         if reduction == 'sum' and avg_factor is not None:
             raise ValueError('avg_factor can not be used with reduction="sum"')
+        rows, target = _as_rows(pred, target)
+        if weight is not None:
+            weight = _weight_as_rows(weight, pred.shape, rows.shape)
         if reduction != 'mean':
             scale: Union[float, Tensor] = self.loss_weight
         elif avg_factor is None:
-            # mmdet's mean over N * K elements (nan for an empty input, as torch.mean)
-            scale = self.loss_weight / (n * k) if n * k else float('nan')
+            # mmdet's mean over all elements (nan for an empty input, as torch.mean)
+            scale = self.loss_weight / pred.numel() if pred.numel() else float('nan')
         else:
             scale = self.loss_weight / (avg_factor + _AVG_EPS)
         reduce_sum = reduction != 'none'
-        if torch.is_grad_enabled() and pred.requires_grad:
-            return SigmoidFocalLossFunction.apply(pred, target, weight, scale, self.gamma,
+        if self.activated:
+            loss = self._loss_with_prob(rows, target, weight, reduce_sum) * scale
+        elif torch.is_grad_enabled() and rows.requires_grad:
+            loss = SigmoidFocalLossFunction.apply(rows, target, weight, scale, self.gamma,
                                                   self.alpha, reduce_sum,
                                                   self.compile_min_numel)
-        loss = focal_loss_and_grad(pred, target, weight, self.gamma, self.alpha, reduce_sum,
-                                   False, self.compile_min_numel)[0]
-        return loss * scale
+        else:
+            loss = focal_loss_and_grad(rows, target, weight, self.gamma, self.alpha,
+                                       reduce_sum, False, self.compile_min_numel)[0] * scale
+        return loss if reduce_sum or target.dim() == 1 else loss.reshape(pred.shape)
+
+    def _loss_with_prob(self, p: Tensor, target: Tensor, weight: Optional[Tensor],
+                        reduce_sum: bool) -> Tensor:
+        """:func:`focal_loss_with_prob` of ``(n, k)`` rows, weighted, summed if asked."""
+        p = p.to(compute_dtype(p.dtype))
+        if target.dim() == 1:
+            t = torch.zeros_like(p)
+            valid = (target >= 0) & (target < p.shape[1])
+            t[valid.nonzero().squeeze(1), target[valid]] = 1.0
+        else:
+            t = target.to(p.dtype)
+        loss = focal_loss_with_prob(p, t, self.gamma, self.alpha)
+        if weight is not None:
+            loss = loss * weight.to(p.dtype)
+        return loss.sum() if reduce_sum else loss
 
 
 def _check_reduction(name: str, value: str) -> str:
@@ -436,14 +439,43 @@ def _check_reduction(name: str, value: str) -> str:
     return value
 
 
-def _weight_as_2d(weight: Tensor, n: int, k: int) -> Tensor:
-    """Per-anchor ``(N,)`` -> ``(N, 1)``; per-element ``(N, K)`` or ``(N * K,)`` -> ``(N, K)``
-    (mmdet's ``py_sigmoid_focal_loss`` rules)."""
-    if weight.shape == (n, k):
-        return weight
-    if weight.numel() == n and weight.shape[:1] == (n,):
-        return weight.reshape(n, 1)
-    if weight.numel() == n * k:
-        return weight.reshape(n, k)
-    raise ValueError(f'weight must be (N,), (N, K) or (N * K,) with N={n}, K={k}, '
-                     f'got {tuple(weight.shape)}')
+def _as_rows(pred: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
+    """``pred`` as ``(n, k)`` rows, ``target`` as ``(n,)`` indices or ``(n, k)`` floats.
+
+    Class indices need ``(N, K)`` ``pred`` and stay as they are; a float target of ``pred``'s
+    shape ``S`` is elementwise, so any other shape becomes ``(prod(S), 1)``.
+    """
+    if target.dim() == pred.dim():
+        if target.shape != pred.shape:
+            raise ValueError(f'float target must have pred\'s shape {tuple(pred.shape)}, '
+                             f'got {tuple(target.shape)}')
+        if pred.dim() == 2:
+            return pred, target
+        return pred.reshape(-1, 1), target.reshape(-1, 1)
+    if pred.dim() != 2:
+        raise ValueError(f'pred must be (N, K) logits for class-index targets, got shape '
+                         f'{tuple(pred.shape)}')
+    n = pred.shape[0]
+    if target.shape != (n,) or target.is_floating_point():
+        raise ValueError(f'class-index target must be an integer (N,) = ({n},) tensor, got '
+                         f'{target.dtype} {tuple(target.shape)}')
+    return pred, target
+
+
+def _weight_as_rows(weight: Tensor, shape: torch.Size, rows: torch.Size) -> Tensor:
+    """``weight`` as ``(n, 1)`` per-row or ``(n, k)`` per-element weights of the ``rows`` view
+    of a loss of ``shape``; mmdet's ``py_sigmoid_focal_loss`` rules: the loss's shape, or for
+    ``(N, K)`` losses ``N`` elements with first dimension ``N`` (per anchor) or ``N * K``
+    elements with another first dimension (per element, flattened)."""
+    if weight.shape == shape:
+        return weight.reshape(rows)
+    if len(shape) == 2 and weight.dim() > 0:
+        n, k = shape
+        if weight.shape[0] == n and weight.numel() == n:
+            return weight.reshape(n, 1)
+        if weight.shape[0] != n and weight.numel() == n * k:
+            return weight.reshape(n, k)
+    raise ValueError(f'weight must have the loss\'s shape {tuple(shape)}'
+                     + (f', or be (N,) or (N * K,) with N={shape[0]}, K={shape[1]}'
+                        if len(shape) == 2 else '')
+                     + f'; got {tuple(weight.shape)}')

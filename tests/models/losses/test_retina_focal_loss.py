@@ -2,7 +2,9 @@
 
 All inputs are tiny, so the eager backend runs (no compile cost); the compiled CPU kernel is
 covered by ``test_compiled_backend_matches_mmdet`` and by ``bench/bench_focal_loss.py``, which
-checks parity before timing.
+checks parity before timing; the Triton kernel by ``test_triton_interpreter.py`` (CPU) and
+``test_triton_backend_matches_mmdet`` (CUDA). Inputs of other shapes and every mmdet argument:
+``test_focal_loss_dropin.py``.
 """
 import warnings
 
@@ -13,8 +15,9 @@ from mmdet.models.losses import FocalLoss
 from mmdet.registry import MODELS
 
 import mmdet_retina_plugin  # noqa: F401  (registers RetinaFocalLoss)
-from mmdet_retina_plugin.models.losses import RetinaFocalLoss
+from mmdet_retina_plugin.models.losses import RetinaFocalLoss, focal_backends
 from mmdet_retina_plugin.models.losses import retina_focal_loss as rfl
+from mmdet_retina_plugin.models.losses.focal_backends import FocalBackends
 
 N, K = 48, 5
 VALUE_RTOL, GRAD_RTOL = 1e-5, 1e-4
@@ -235,7 +238,7 @@ def test_invalid_call_raises():
     with pytest.raises(ValueError, match='target'):
         loss(pred, labels[:-1])
     with pytest.raises(ValueError, match='pred'):
-        loss(pred[0], labels)
+        loss(pred[None], labels)
 
 
 def test_registry_and_mmdet_config_swap():
@@ -249,15 +252,23 @@ def test_registry_and_mmdet_config_swap():
         pred, labels, avg_factor=4), VALUE_RTOL)
 
 
-def test_backend_failure_falls_back_to_eager(monkeypatch):
-    def broken(*args):
-        raise RuntimeError('no compiler')
+@pytest.fixture
+def fresh_backends(monkeypatch):
+    """A new, unbuilt backend set (no compiled kernel, no failures) for one test."""
+    backends = FocalBackends(rfl.fused_pass, rfl._dense_pass, rfl._dense_eager)
+    monkeypatch.setattr(rfl, 'BACKENDS', backends)
+    return backends
 
-    monkeypatch.setattr(rfl.BACKENDS, 'failed', {})
-    monkeypatch.setattr(rfl.BACKENDS, 'compiled', lambda: broken)
+
+def test_backend_failure_falls_back_to_eager(monkeypatch, fresh_backends):
+    # A torch without an API the compiled path calls (mark_dynamic stands for any of them).
+    def missing(*args):
+        raise AttributeError("module 'torch._dynamo' has no attribute 'mark_dynamic'")
+
+    monkeypatch.setattr(torch._dynamo, 'mark_dynamic', missing)
     pred, labels, _ = make_inputs(seed=10)
     loss = RetinaFocalLoss(compile_min_numel=0)
-    with pytest.warns(UserWarning, match='torch.compile backend failed'):
+    with pytest.warns(UserWarning, match='torch.compile backend failed.*mark_dynamic'):
         ours = run(loss, pred, labels)
     with warnings.catch_warnings():
         # warned once, then eager silently
@@ -269,8 +280,39 @@ def test_backend_failure_falls_back_to_eager(monkeypatch):
         assert_matches(got[1], stock[1], GRAD_RTOL)
 
 
-def test_compiled_backend_matches_mmdet(monkeypatch):
-    monkeypatch.setattr(rfl.BACKENDS, 'failed', {})
+def test_backend_choice(monkeypatch):
+    cpu32, cpu64 = torch.zeros(4, 3), torch.zeros(4, 3, dtype=torch.float64)
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+    assert rfl.BACKENDS.choose(cpu32, None) == 'eager'
+    assert rfl.BACKENDS.choose(cpu32, 13) == 'eager'  # below the threshold
+    assert rfl.BACKENDS.choose(cpu32, 12) == 'torch.compile'
+    # Triton's interpreter runs kernels on CPU tensors; fp64 never goes to the fp32 kernel
+    monkeypatch.setenv('TRITON_INTERPRET', '1')
+    assert rfl.BACKENDS.choose(cpu32, None) == 'triton'
+    assert rfl.BACKENDS.choose(cpu64, 0) == 'torch.compile'
+    # inside a compiled region the loss is traced as eager code
+    monkeypatch.setattr(focal_backends, 'is_compiling', lambda: True)
+    assert rfl.BACKENDS.choose(cpu64, 0) == 'eager'
+
+
+def test_is_compiling_without_the_api(monkeypatch):
+    # torch.compiler.is_compiling appeared in torch 2.3 (torch._dynamo's older one may go);
+    # installs without them must not break.
+    assert focal_backends.is_compiling() is False
+    monkeypatch.delattr(torch.compiler, 'is_compiling')
+    for value in (True, False):
+        monkeypatch.setattr(torch._dynamo, 'is_compiling', lambda: value)
+        assert focal_backends.is_compiling() is value
+    monkeypatch.delattr(torch._dynamo, 'is_compiling')
+    assert focal_backends.is_compiling() is False
+    pred, labels, _ = make_inputs(seed=13)
+    ours = run(RetinaFocalLoss(compile_min_numel=None), pred, labels)
+    stock = run(FocalLoss(), pred, labels)
+    assert_matches(ours[0], stock[0], VALUE_RTOL)
+    assert_matches(ours[1], stock[1], GRAD_RTOL)
+
+
+def test_compiled_backend_matches_mmdet(fresh_backends):
     pred, labels, g = make_inputs(seed=11, n=300, k=7)
     weight = torch.rand(300, generator=g)
     with warnings.catch_warnings():
