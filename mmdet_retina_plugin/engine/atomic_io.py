@@ -41,9 +41,9 @@ def atomic_write(data: Union[bytes, str], filepath: Union[str, Path],
     """Replaces ``filepath`` with ``data`` atomically, creating parent directories.
 
     Args:
-        data: file content; ``str`` is encoded with ``encoding``.
-        filepath: destination path.
-        encoding: text encoding used when ``data`` is ``str``.
+        data (Union[bytes, str]): file content; ``str`` is encoded with ``encoding``.
+        filepath (Union[str, Path]): destination path.
+        encoding (str): text encoding used when ``data`` is ``str``.
     """
     filepath = osp.abspath(os.fspath(filepath))
     dirname = osp.dirname(filepath)
@@ -70,8 +70,11 @@ def remove_stale_temp_files(dirname: Union[str, Path]) -> List[str]:
 
     Only call this when no other process is writing into ``dirname``.
 
+    Args:
+        dirname (Union[str, Path]): directory to clean.
+
     Returns:
-        the removed paths.
+        List[str]: the removed paths.
     """
     removed = []
     for path in glob.glob(osp.join(os.fspath(dirname), f'.*{TMP_SUFFIX}')):

@@ -11,14 +11,14 @@ def reduce_mean_avg_factor(avg_factor: Tensor) -> Tensor:
     the count first makes every rank use the same normaliser, as if one big batch were trained.
 
     Args:
-        avg_factor: scalar tensor ``()`` (or ``(1,)``), e.g. the number of positive anchors of
-            this process's batch; any floating or integer dtype.
+        avg_factor (Tensor): scalar tensor ``()`` (or ``(1,)``), e.g. the number of positive
+            anchors of this process's batch; any floating or integer dtype.
 
     Returns:
-        float tensor of the same shape and device: the mean of ``avg_factor`` over all ranks when
-        ``torch.distributed`` is initialised with more than one process, else ``avg_factor``
-        itself (as float); in both cases clamped to ``>= 1`` so that a batch without positives
-        does not divide by zero.
+        Tensor: float tensor of the same shape and device: the mean of ``avg_factor`` over all
+        ranks when ``torch.distributed`` is initialised with more than one process, else
+        ``avg_factor`` itself (as float); in both cases clamped to ``>= 1`` so that a batch
+        without positives does not divide by zero.
     """
     avg_factor = avg_factor.detach().float()
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

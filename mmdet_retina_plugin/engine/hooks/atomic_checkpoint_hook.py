@@ -30,15 +30,18 @@ class RetinaAtomicCheckpointHook(CheckpointHook):
     Temp files of a killed save are deleted at the next ``before_train``.
 
     Args:
-        interval: save period in epochs (``by_epoch=True``) or iterations; ``-1`` disables
+        interval (int): save period in epochs (``by_epoch=True``) or iterations; ``-1`` disables
             periodic saving.
-        by_epoch: whether ``interval`` counts epochs or iterations.
-        max_keep_ckpts: number of periodic checkpoints kept, ``-1`` keeps all, else ``>= 1``.
-        out_dir: checkpoint directory; ``None`` means the runner's ``work_dir``.
-        backend_args: mmengine file backend arguments; ``None`` selects the atomic local
-            backend for local ``out_dir`` (remote URIs keep mmengine's inferred backend).
-        **kwargs: the other :class:`~mmengine.hooks.CheckpointHook` arguments (``save_last``,
-            ``save_best``, ``rule``, ``filename_tmpl``, ``save_optimizer``, ...).
+        by_epoch (bool): whether ``interval`` counts epochs or iterations.
+        max_keep_ckpts (int): number of periodic checkpoints kept, ``-1`` keeps all, else
+            ``>= 1``.
+        out_dir (Optional[Union[str, Path]]): checkpoint directory; ``None`` means the runner's
+            ``work_dir``.
+        backend_args (Optional[Dict[str, Any]]): mmengine file backend arguments; ``None``
+            selects the atomic local backend for local ``out_dir`` (remote URIs keep mmengine's
+            inferred backend).
+        **kwargs (Any): the other :class:`~mmengine.hooks.CheckpointHook` arguments
+            (``save_last``, ``save_best``, ``rule``, ``filename_tmpl``, ``save_optimizer``, ...).
     """
 
     def __init__(self,

@@ -36,9 +36,12 @@ def non_finite_entries(obj: Any, prefix: str = '') -> List[str]:
     """Dotted keys of the floating tensors in a nested dict/list that hold a NaN or Inf.
 
     Args:
-        obj: a tensor or a nested structure of dicts, lists and tuples (e.g. a checkpoint dict
+        obj (Any): a tensor or a nested structure of dicts, lists and tuples (e.g. a checkpoint dict
             with ``state_dict`` and ``optimizer``); other leaves are ignored.
-        prefix: key prefix of ``obj``.
+        prefix (str): key prefix of ``obj``.
+
+    Returns:
+        List[str]: dotted keys of the non-finite tensors (``[prefix]`` when ``obj`` is one).
     """
     if isinstance(obj, Tensor):
         return [prefix] if obj.is_floating_point() and not _all_finite([obj]) else []
@@ -88,12 +91,12 @@ class RetinaNonFiniteGuardHook(Hook):
     so a checkpoint with NaN/Inf weights is never written.
 
     Args:
-        action: ``'skip'`` (skip the step and continue) or ``'raise'`` (stop with an error).
-        max_consecutive_skips: with ``action='skip'``, raise after this many skipped
+        action (str): ``'skip'`` (skip the step and continue) or ``'raise'`` (stop with an error).
+        max_consecutive_skips (int): with ``action='skip'``, raise after this many skipped
             iterations in a row (a diverged run should stop, not spin); ``>= 1``.
-        check_grads: also check gradients before each plain optimizer step (one extra host
+        check_grads (bool): also check gradients before each plain optimizer step (one extra host
             sync per step).
-        check_checkpoint: refuse to save checkpoints with non-finite tensors.
+        check_checkpoint (bool): refuse to save checkpoints with non-finite tensors.
     """
 
     priority = 'VERY_HIGH'  # record the batch before other hooks can fail on it
