@@ -1,4 +1,5 @@
-"""Resume and load_from on torch >= 2.6 (weights_only=True loads), without turning weights_only off."""
+"""Resume and load_from on torch >= 2.6 (weights_only=True loads), without turning weights_only
+off."""
 import copy
 import io
 import os
