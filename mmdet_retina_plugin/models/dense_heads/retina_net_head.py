@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule
+from mmdet.models import losses as mmdet_losses
 from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
 from mmdet.models.task_modules.samplers import PseudoSampler
 from mmdet.registry import MODELS, TASK_UTILS
@@ -26,6 +27,7 @@ from mmengine.config import ConfigDict
 from torch import Tensor
 
 from ...utils.dist_utils import reduce_mean_avg_factor
+from ..losses import RetinaFocalLoss, RetinaHardNegativeCELoss
 from ..task_modules.prior_generators import AnchorCache
 from .retina_post_processing import (
     clip_boxes,
@@ -53,6 +55,31 @@ def _flatten_levels(maps: Sequence[Tensor], channels: int) -> Tensor:
     return torch.cat([m.permute(0, 2, 3, 1).reshape(batch, -1, channels) for m in maps], 1)
 
 
+#: Losses whose value is a sum over anchors (positives for box losses) divided by
+#: ``avg_factor``: one call over the batch equals mmdet's per-level calls summed.
+#: ``RetinaHardNegativeCELoss`` mines its negatives among all anchors of one call by design.
+BATCHED_LOSSES = frozenset((
+    RetinaFocalLoss, RetinaHardNegativeCELoss, mmdet_losses.FocalLoss,
+    mmdet_losses.CrossEntropyLoss, mmdet_losses.L1Loss, mmdet_losses.SmoothL1Loss,
+    mmdet_losses.BalancedL1Loss, mmdet_losses.MSELoss, mmdet_losses.IoULoss,
+    mmdet_losses.GIoULoss, mmdet_losses.DIoULoss, mmdet_losses.CIoULoss, mmdet_losses.EIoULoss,
+    mmdet_losses.SIoULoss, mmdet_losses.BoundedIoULoss))
+
+
+def _check_sampler(sampler: OptConfigType) -> None:
+    """Only ``PseudoSampler`` (every anchor a sample), however the config spells its type."""
+    if sampler is None:
+        return
+    kind = sampler.get('type')
+    if isinstance(kind, str):
+        kind = TASK_UTILS.get(kind)
+    if kind is not PseudoSampler:
+        raise ValueError(
+            f"train_cfg.sampler must be None or PseudoSampler, got {sampler.get('type')!r}: "
+            'RetinaNetHead trains on every anchor (the focal loss replaces sampling); drop the '
+            "sampler, or use mmdet's RetinaHead / AnchorHead for a sampled head")
+
+
 @MODELS.register_module()
 class RetinaNetHead(BaseDenseHead):
     """RetinaNet head (`arXiv:1708.02002`): a class subnet and a box subnet over each level.
@@ -63,39 +90,58 @@ class RetinaNetHead(BaseDenseHead):
     mmdet's ``RetinaHead`` (``cls_convs.i.conv``, ``reg_convs.i.conv``, ``retina_cls``,
     ``retina_reg``) so its checkpoints load with ``strict=True``.
 
+    Every argument of mmdet's ``RetinaHead`` / ``AnchorHead`` is accepted with mmdet's meaning
+    and default, so an mmdet config swaps this head in by its ``type`` alone.
+
     Args:
-        num_classes: number of foreground classes ``K``; label ``K`` is background.
-        in_channels: channels of each input level.
-        stacked_convs: 3x3 convs before each subnet's predictor (>= 0).
-        feat_channels: channels of those convs.
-        prior_prob: initial foreground probability of every class logit, in (0, 1); sets
-            ``retina_cls.bias = -log((1 - prior_prob) / prior_prob)``.
-        conv_cfg: conv config of the stacked convs (None: ``nn.Conv2d``).
-        norm_cfg: norm config of the stacked convs (None: no norm; e.g. ``dict(type='GN',
-            num_groups=32)``).
-        anchor_generator: mmdet ``AnchorGenerator`` config; one stride per input level.
-        bbox_coder: box coder config (``DeltaXYWHBBoxCoder``, means 0, stds 1 by default).
-        reg_decoded_bbox: apply ``loss_bbox`` to decoded boxes vs gt boxes (IoU-type losses)
-            instead of deltas vs encoded targets.
-        loss_cls: sigmoid classification loss config with mmdet ``FocalLoss``'s interface.
-        loss_bbox: box loss config (L1 for mmdet parity, SmoothL1 beta=0.11 as in the paper,
-            GIoU with ``reg_decoded_bbox=True``).
-        sync_avg_factor: divide the losses by the positive-anchor count averaged over all
+        num_classes (int): number of foreground classes ``K`` (>= 1); label ``K`` is background.
+        in_channels (int): channels of each input level (>= 1).
+        stacked_convs (int): 3x3 convs before each subnet's predictor (>= 0).
+        feat_channels (int): channels of those convs (>= 1).
+        prior_prob (float): initial foreground probability of every class logit, in (0, 1);
+            sets ``retina_cls.bias = -log((1 - prior_prob) / prior_prob)``.
+        conv_cfg (dict, optional): conv config of the stacked convs (None: ``nn.Conv2d``).
+        norm_cfg (dict, optional): norm config of the stacked convs (None: no norm; e.g.
+            ``dict(type='GN', num_groups=32)``).
+        anchor_generator (dict): mmdet ``AnchorGenerator`` config; one stride per input level,
+            the same number of base anchors on every level.
+        bbox_coder (dict): box coder config (``DeltaXYWHBBoxCoder``, means 0, stds 1,
+            ``clip_border=True`` by default; ``clip_border`` clips detections to the image and
+            measures gt boxes inside it).
+        reg_decoded_bbox (bool): apply ``loss_bbox`` to decoded boxes vs gt boxes (IoU-type
+            losses) instead of deltas vs encoded targets.
+        loss_cls (dict): any sigmoid classification loss with mmdet's ``(pred, labels, weights,
+            avg_factor=)`` interface; the built loss's ``use_sigmoid`` must be True (mmdet's
+            default: ``CrossEntropyLoss(use_sigmoid=True)``; RetinaNet: ``RetinaFocalLoss`` or
+            ``FocalLoss``).
+        loss_bbox (dict): any box loss with mmdet's ``(pred, target, weight, avg_factor=)``
+            interface (mmdet's default: ``SmoothL1Loss(beta=1/9)``; RetinaNet: ``L1Loss``;
+            ``GIoULoss`` with ``reg_decoded_bbox=True``).
+        sync_avg_factor (bool): divide the losses by the positive-anchor count averaged over all
             processes (one all-reduce per step) instead of this process's own count, so every
             rank weighs an anchor alike, as one large batch would (no-op in one process).
-        avg_factor_momentum: None divides the losses by this step's positive count (mmdet);
-            a momentum ``m`` in [0, 1) divides them by an exponential moving average of it,
-            ``ema = m * ema + (1 - m) * count`` (detectron2's RetinaNet uses 0.9), so a
-            step with few positives, common with small batches, does not take an outsized
-            step. The average is a buffer (``avg_factor_ema``, checkpointed; 0 until the first
-            training step, whose count starts it; missing from a checkpoint, e.g. a stock
-            ``RetinaHead``'s, it loads as 0) and is updated only in training mode.
-        train_cfg: ``assigner`` (any; batched through ``assign_batch`` when it has it),
-            ``allowed_border`` (-1: keep anchors crossing the image border), ``pos_weight``
-            (<= 0: 1), optional ``sampler`` (must be ``PseudoSampler``).
-        test_cfg: ``nms_pre``, ``score_thr``, ``min_bbox_size``, ``nms``, ``max_per_img``.
-        init_cfg: None for RetinaNet's init in :meth:`init_weights` (normal std 0.01, bias 0,
-            class bias from ``prior_prob``); any other init_cfg is applied on top of it.
+        avg_factor_momentum (float, optional): None divides the losses by this step's positive
+            count (mmdet); a momentum ``m`` in [0, 1) divides them by an exponential moving
+            average of it, ``ema = m * ema + (1 - m) * count`` (detectron2's RetinaNet uses
+            0.9), so a step with few positives, common with small batches, does not take an
+            outsized step. The average is a buffer (``avg_factor_ema``, checkpointed; 0 until
+            the first training step, whose count starts it; missing from a checkpoint, e.g. a
+            stock ``RetinaHead``'s, it loads as 0) and is updated only in training mode.
+        train_cfg (dict, optional): ``assigner`` (any; batched through ``assign_batch`` when it
+            has it), ``allowed_border`` (-1: keep anchors crossing the image border),
+            ``pos_weight`` (<= 0: 1), ``sampler`` (None or ``PseudoSampler``, any spelling the
+            registry resolves), ``debug`` (unused, as in mmdet).
+        test_cfg (dict, optional): ``nms_pre``, ``score_thr``, ``min_bbox_size``, ``nms``
+            (mmcv's ``nms`` batched over the images, or any other mmcv ``batched_nms`` config
+            such as ``soft_nms`` image by image), ``max_per_img``.
+        init_cfg (dict or list[dict], optional): None for RetinaNet's init in
+            :meth:`init_weights` (normal std 0.01, bias 0, class bias from ``prior_prob``); any
+            other init_cfg is applied on top of it.
+
+    Losses whose value is a sum over anchors (ours, ``FocalLoss``, ``CrossEntropyLoss``,
+    ``L1Loss``, ``SmoothL1Loss``, the IoU losses, ...: :data:`BATCHED_LOSSES`) are called once
+    for the whole batch; any other loss (e.g. ``GHMC`` / ``GHMR``, which weigh by statistics of
+    the tensor they get) is called level by level on all anchors of the level, as mmdet calls it.
     """
 
     def __init__(self,
@@ -110,13 +156,13 @@ class RetinaNetHead(BaseDenseHead):
                      type='AnchorGenerator', octave_base_scale=4, scales_per_octave=3,
                      ratios=[0.5, 1.0, 2.0], strides=[8, 16, 32, 64, 128]),
                  bbox_coder: ConfigType = dict(
-                     type='DeltaXYWHBBoxCoder', target_means=[0., 0., 0., 0.],
-                     target_stds=[1., 1., 1., 1.]),
+                     type='DeltaXYWHBBoxCoder', clip_border=True,
+                     target_means=(0., 0., 0., 0.), target_stds=(1., 1., 1., 1.)),
                  reg_decoded_bbox: bool = False,
                  loss_cls: ConfigType = dict(
-                     type='RetinaFocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
-                     loss_weight=1.0),
-                 loss_bbox: ConfigType = dict(type='L1Loss', loss_weight=1.0),
+                     type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0),
+                 loss_bbox: ConfigType = dict(
+                     type='SmoothL1Loss', beta=1.0 / 9.0, loss_weight=1.0),
                  sync_avg_factor: bool = False,
                  avg_factor_momentum: Optional[float] = None,
                  train_cfg: OptConfigType = None,
@@ -135,9 +181,6 @@ class RetinaNetHead(BaseDenseHead):
         if avg_factor_momentum is not None and not 0.0 <= avg_factor_momentum < 1.0:
             raise ValueError(f'avg_factor_momentum must be None or in [0, 1), got '
                              f'{avg_factor_momentum}')
-        if not loss_cls.get('use_sigmoid', False):
-            raise ValueError('loss_cls.use_sigmoid must be True: RetinaNet scores each class '
-                             'with a sigmoid (no background logit)')
         self.num_classes = num_classes
         self.cls_out_channels = num_classes
         self.use_sigmoid_cls = True
@@ -164,13 +207,19 @@ class RetinaNetHead(BaseDenseHead):
         self.bbox_coder = TASK_UTILS.build(bbox_coder)
         self.loss_cls = MODELS.build(loss_cls)
         self.loss_bbox = MODELS.build(loss_bbox)
+        # mmdet reads use_sigmoid from the config; the built loss knows its default too
+        if not getattr(self.loss_cls, 'use_sigmoid', loss_cls.get('use_sigmoid', False)):
+            raise ValueError(
+                f'loss_cls.use_sigmoid must be True, got {type(self.loss_cls).__name__} with '
+                'use_sigmoid=False (a softmax over K + 1 classes): RetinaNetHead scores each '
+                'class with a sigmoid and has no background logit; use a sigmoid loss '
+                "(RetinaFocalLoss, FocalLoss, CrossEntropyLoss(use_sigmoid=True)) or mmdet's "
+                'RetinaHead')
+        self._cls_batched = type(self.loss_cls) in BATCHED_LOSSES
+        self._box_batched = type(self.loss_bbox) in BATCHED_LOSSES
         if train_cfg:
             self.assigner = TASK_UTILS.build(train_cfg['assigner'])
-            sampler = train_cfg.get('sampler')
-            if sampler is not None and sampler.get('type') not in ('PseudoSampler',
-                                                                   PseudoSampler):
-                raise ValueError(f'train_cfg.sampler must be PseudoSampler (focal loss uses '
-                                 f'every anchor), got {sampler.get("type")}')
+            _check_sampler(train_cfg.get('sampler'))
 
         def branch() -> nn.ModuleList:
             return nn.ModuleList(
@@ -326,20 +375,62 @@ class RetinaNetHead(BaseDenseHead):
             avg_factor = moving_average(self.avg_factor_ema, avg_factor,
                                         self.avg_factor_momentum, update=self.training)
 
+        level_sizes = [h * w * self.num_base_priors for h, w in featmap_sizes]
         flat_cls = _flatten_levels(cls_scores, self.cls_out_channels)
-        loss_cls = self.loss_cls(flat_cls.reshape(-1, self.cls_out_channels),
-                                 targets.labels.reshape(-1), targets.label_weights.reshape(-1),
-                                 avg_factor=avg_factor)
-
-        pos_anchors = anchors[anchor_idx]
-        pos_pred = _flatten_levels(bbox_preds, self.bbox_coder.encode_size)[img_idx, anchor_idx]
-        if self.reg_decoded_bbox:
-            pos_pred = get_box_tensor(self.bbox_coder.decode(pos_anchors, pos_pred))
-            pos_target = pos_gt
+        cls_args = (flat_cls, targets.labels, targets.label_weights)
+        if self._cls_batched:
+            loss_cls = self.loss_cls(*(t.flatten(0, 1) for t in cls_args),
+                                     avg_factor=avg_factor)
         else:
-            pos_target = self.bbox_coder.encode(pos_anchors, pos_gt)
-        loss_bbox = self.loss_bbox(pos_pred, pos_target, avg_factor=avg_factor)
+            loss_cls = sum(self.loss_cls(*(t.flatten(0, 1) for t in level),
+                                         avg_factor=avg_factor)
+                           for level in zip(*(t.split(level_sizes, 1) for t in cls_args)))
+
+        flat_box = _flatten_levels(bbox_preds, self.bbox_coder.encode_size)
+        pos_anchors = anchors[anchor_idx]
+        pos_target = pos_gt if self.reg_decoded_bbox else \
+            self.bbox_coder.encode(pos_anchors, pos_gt)
+        if self._box_batched:
+            pos_pred = flat_box[img_idx, anchor_idx]
+            if self.reg_decoded_bbox:
+                pos_pred = get_box_tensor(self.bbox_coder.decode(pos_anchors, pos_pred))
+            loss_bbox = self.loss_bbox(pos_pred, pos_target, avg_factor=avg_factor)
+        else:
+            loss_bbox = self._box_loss_per_level(flat_box, anchors, level_sizes, img_idx,
+                                                 anchor_idx, pos_target, avg_factor)
         return dict(loss_cls=loss_cls, loss_bbox=loss_bbox)
+
+    def _box_loss_per_level(self, flat_box: Tensor, anchors: Tensor, level_sizes: List[int],
+                            img_idx: Tensor, anchor_idx: Tensor, pos_target: Tensor,
+                            avg_factor: Tensor) -> Tensor:
+        """``loss_bbox`` called level by level on every anchor, with weight 1 on positives and
+        0 elsewhere, as mmdet's ``AnchorHead.loss_by_feat_single`` calls it, summed.
+
+        Args:
+            flat_box (Tensor): ``(B, A, D)`` predicted deltas.
+            anchors (Tensor): ``(A, 4)``.
+            level_sizes (List[int]): anchors per level, summing to ``A``.
+            img_idx (Tensor): ``(P,)`` image of each positive.
+            anchor_idx (Tensor): ``(P,)`` anchor of each positive.
+            pos_target (Tensor): ``(P, T)`` encoded targets (gt boxes with
+                ``reg_decoded_bbox``).
+            avg_factor (Tensor): the normaliser.
+
+        Returns:
+            Tensor: the summed loss.
+        """
+        batch = flat_box.size(0)
+        target = pos_target.new_zeros(batch, anchors.size(0), pos_target.size(-1))
+        target[img_idx, anchor_idx] = pos_target
+        weight = torch.zeros_like(target)
+        weight[img_idx, anchor_idx] = 1.0
+        pred = flat_box
+        if self.reg_decoded_bbox:
+            pred = get_box_tensor(self.bbox_coder.decode(
+                anchors.expand(batch, -1, -1).reshape(-1, anchors.size(-1)),
+                flat_box.reshape(-1, flat_box.size(-1)))).reshape(batch, anchors.size(0), -1)
+        return sum(self.loss_bbox(*(t.flatten(0, 1) for t in level), avg_factor=avg_factor)
+                   for level in zip(*(t.split(level_sizes, 1) for t in (pred, target, weight))))
 
     # ------------------------------------------------------------------ inference
     def predict_by_feat(self,
