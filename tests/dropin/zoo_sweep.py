@@ -458,7 +458,7 @@ def compare_assigner(stock_cfg: dict, ours_cfg: dict) -> List[str]:
             ours = TASK_UTILS.build(copy.deepcopy(ours_cfg))
         except Exception as exc:  # noqa: BLE001
             return [f'assigner {ours_cfg} does not build: {_short_error(exc)}']
-    if type(ours).__name__ != SWAPS['MaxIoUAssigner']:
+    if type(ours).__name__ != _split_type(ours_cfg['type'])[1]:
         return [f'TASK_UTILS built {type(ours).__name__} for {ours_cfg["type"]}']
     errors = []
     for case, num_gts in enumerate((12, 1, 0)):
@@ -510,6 +510,8 @@ def compare_loss(stock_cfg: dict, ours_cfg: dict) -> List[str]:
             ours = MODELS.build(copy.deepcopy(ours_cfg))
         except Exception as exc:  # noqa: BLE001
             return [f'loss {ours_cfg} does not build: {_short_error(exc)}']
+    if type(ours).__name__ != _split_type(ours_cfg['type'])[1]:
+        return [f'MODELS built {type(ours).__name__} for {ours_cfg["type"]}']
     errors = []
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(64, 7, generator=gen) * 3
@@ -880,22 +882,81 @@ def _model_key(entry: Dict[str, Any]) -> str:
 
 
 def _build_task(args: Tuple[dict, Optional[dict]]) -> Dict[str, Any]:
-    torch.set_num_threads(1)
     return check_builds(*args)
 
 
-def _step_task(args: Tuple[dict, Optional[dict]]) -> Dict[str, Any]:
+def _one_thread() -> None:
     torch.set_num_threads(1)
-    return check_step(*args)
 
 
-def _map(func: Any, tasks: List[Any], workers: int) -> List[Any]:
+def _map(func: Any, tasks: List[Any], workers: int, log: Any) -> List[Any]:
+    """``func`` over ``tasks``: here, or in ``workers`` spawned one-thread processes."""
     if workers <= 1 or len(tasks) <= 1:
-        return [func(t) for t in tasks]
-    import multiprocessing
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'),
-                             max_tasks_per_child=20) as pool:
-        return list(pool.map(func, tasks, chunksize=1))
+        results = map(func, tasks)
+        pool = None
+    else:
+        import multiprocessing
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'),
+                                   initializer=_one_thread)
+        results = pool.map(func, tasks, chunksize=1)
+    out, start = [], time.time()
+    try:
+        for index, result in enumerate(results, 1):
+            out.append(result)
+            if index % 25 == 0:
+                log(f'  {index}/{len(tasks)} models checked ({time.time() - start:.0f} s)')
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return out
+
+
+def _family_task(args: Tuple[List[str], Dict[str, Dict[str, Any]]]
+                 ) -> Tuple[List[Dict[str, Any]], Optional[Dict[str, Any]]]:
+    """One family: its build representative (unless ``done`` has every config checked) and
+    its training step.
+
+    Args:
+        args (tuple): the family's configs cheapest first, and the entries already parsed and
+            checked (``{config: entry}``, empty in the one-per-family mode).
+
+    Returns:
+        tuple: the family's entries parsed here or given, and its step record (None when no
+        config of the family uses the types).
+    """
+    paths, done = args
+    entries = dict(done)
+    for rel in paths:
+        if rel not in entries:
+            entries[rel] = load_config(rel)
+        entry = entries[rel]
+        if not entry['types']:
+            continue
+        if 'result' not in entry:
+            entry['result'] = check_builds(entry['model'], entry.get('custom_imports'))
+        if not entry['result']['stock']:
+            break
+    record: Dict[str, Any] = {'config': None, 'tried': []}
+    for rel in paths:
+        if rel not in entries:
+            entries[rel] = load_config(rel)
+        entry = entries[rel]
+        if not entry['types']:
+            continue
+        if 'result' not in entry:
+            entry['result'] = check_builds(entry['model'], entry.get('custom_imports'))
+        if entry['result']['stock']:
+            continue
+        step = check_step(entry['model'], entry.get('custom_imports'))
+        if step['stock'] and len(record['tried']) + 1 < STEP_TRIES:
+            record['tried'].append([entry['config'], step['stock']])
+            continue
+        record.update(config=entry['config'], step=step)
+        if step['errors']:
+            record['by_type'] = _attribute(entry)
+        break
+    kept = any(e['types'] for e in entries.values())
+    return list(entries.values()), (record if kept else None)
 
 
 def run_sweep(rel_paths: Sequence[str], everything: bool, workers: int = 1,
@@ -904,14 +965,14 @@ def run_sweep(rel_paths: Sequence[str], everything: bool, workers: int = 1,
 
     Each family's configs are taken cheapest first (:func:`_cost_key`). The first one that uses
     the four types and whose stock builds is the family's build representative (with
-    ``everything=False`` the family's later configs are not even parsed); the first of up to
-    :data:`STEP_TRIES` such configs whose stock training step runs is its step config. Both
-    modes therefore step the same configs.
+    ``everything=False`` the family's later configs are parsed only when needed); the first of
+    up to :data:`STEP_TRIES` such configs whose stock training step runs is its step config.
+    Both modes therefore step the same configs.
 
     Args:
         rel_paths (Sequence[str]): configs relative to :func:`config_root`.
         everything (bool): check every config that uses the types.
-        workers (int): processes for the build checks (1: in this process).
+        workers (int): processes (1: all in this process).
         log (callable, optional): called with progress lines.
 
     Returns:
@@ -926,69 +987,36 @@ def run_sweep(rel_paths: Sequence[str], everything: bool, workers: int = 1,
         by_family.setdefault(family(rel), []).append(rel)
     for members in by_family.values():
         members.sort(key=_cost_key)
-    entries: Dict[str, Dict[str, Any]] = {}
-    cache: Dict[str, Dict[str, Any]] = {}
-
-    def entry_of(rel: str) -> Dict[str, Any]:
-        if rel not in entries:
-            entries[rel] = load_config(rel)
-        return entries[rel]
-
-    def check(batch: List[Dict[str, Any]]) -> None:
-        todo = {}
-        for entry in batch:
-            key = _model_key(entry)
-            if key not in cache and key not in todo:
-                todo[key] = (entry['model'], entry.get('custom_imports'))
-        keys = list(todo)
-        start = time.time()
-        for key, result in zip(keys, _map(_build_task, [todo[k] for k in keys], workers)):
-            cache[key] = result
-        for entry in batch:
-            entry['result'] = cache[_model_key(entry)]
-        if len(batch) > 1:
-            log(f'built {len(keys)} distinct models for {len(batch)} configs in '
-                f'{time.time() - start:.0f} s')
-
+    done: Dict[str, Dict[str, Dict[str, Any]]] = {name: {} for name in by_family}
     if everything:
         start = time.time()
-        kept = [e for e in map(entry_of, sorted(rel_paths)) if e['types']]
-        log(f'parsed {len(rel_paths)} configs in {time.time() - start:.0f} s: '
+        parsed = _map(load_config, sorted(rel_paths), workers, log)
+        kept = [e for e in parsed if e['types']]
+        log(f'parsed {len(parsed)} configs in {time.time() - start:.0f} s: '
             f'{len(kept)} use the types')
-        check(kept)
-    else:
-        for name in sorted(by_family):
-            for rel in by_family[name]:
-                entry = entry_of(rel)
-                if entry['types']:
-                    check([entry])
-                    if not entry['result']['stock']:
-                        break
-    steps: Dict[str, Dict[str, Any]] = {}
-    for name in sorted(by_family):
+        todo: Dict[str, Tuple[dict, Optional[dict]]] = {}
+        for entry in kept:
+            todo.setdefault(_model_key(entry), (entry['model'], entry.get('custom_imports')))
         start = time.time()
-        record: Dict[str, Any] = {'config': None, 'tried': []}
-        for rel in by_family[name]:
-            entry = entry_of(rel)
-            if not entry['types']:
-                continue
-            if 'result' not in entry:
-                check([entry])
-            if entry['result']['stock']:
-                continue
-            step = _step_task((entry['model'], entry.get('custom_imports')))
-            if step['stock'] and len(record['tried']) + 1 < STEP_TRIES:
-                record['tried'].append([entry['config'], step['stock']])
-                continue
-            record.update(config=entry['config'], step=step)
-            if step['errors']:
-                record['by_type'] = _attribute(entry)
-            break
-        if any(entries[rel]['types'] for rel in by_family[name] if rel in entries):
+        results = dict(zip(todo, _map(_build_task, list(todo.values()), workers, log)))
+        log(f'built {len(todo)} distinct models for {len(kept)} configs in '
+            f'{time.time() - start:.0f} s')
+        for entry in parsed:
+            if entry['types']:
+                entry['result'] = results[_model_key(entry)]
+            done[entry['family']][entry['config']] = entry
+    names = sorted(by_family)
+    entries: List[Dict[str, Any]] = []
+    steps: Dict[str, Dict[str, Any]] = {}
+    start = time.time()
+    tasks = [(by_family[name], done[name]) for name in names]
+    for name, (family_entries, record) in zip(names, _map(_family_task, tasks, workers, log)):
+        entries += family_entries
+        if record is not None:
             steps[name] = record
-            log(f'{name}: {record["config"]}: step {_step_status(record)} '
-                f'({time.time() - start:.0f} s)')
-    return {'total': len(rel_paths), 'configs': [entries[r] for r in sorted(entries)],
+            log(f'{name}: {record["config"]}: step {_step_status(record)}')
+    log(f'families done in {time.time() - start:.0f} s')
+    return {'total': len(rel_paths), 'configs': sorted(entries, key=lambda e: e['config']),
             'steps': steps}
 
 
