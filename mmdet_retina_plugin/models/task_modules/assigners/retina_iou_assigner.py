@@ -19,7 +19,8 @@ mmdet quirks kept on purpose for parity:
   (not ``0``) and they stay ignored: ``-1`` is never negative, positive or a claimable best.
 
 IoUs are bitwise equal to mmdet's ``bbox_overlaps`` (see :mod:`.batched_iou`) so the ``==``
-tie tests above pick the same anchors.
+tie tests above pick the same anchors. Another ``iou_calculator`` (e.g. ``fp16``) is called
+per image exactly as mmdet calls it, and its overlaps go through the same reduction.
 """
 from __future__ import annotations
 
@@ -261,16 +262,16 @@ class RetinaIoUAssigner(BaseAssigner):
         if not self.batched_iou:
             return self._assign_per_image(priors, gt_bboxes, gt_labels, gt_valid, prior_valid,
                                           gt_bboxes_ignore, ignore_valid)
+        if self.perm_repeat_gt_cfg is not None:
+            # before any move: each image draws on the device mmdet would draw on
+            gt_bboxes = self._jitter_batch(priors, gt_bboxes, gt_valid, prior_valid)
+        args = (priors, gt_bboxes, gt_labels, gt_valid, prior_valid, gt_bboxes_ignore,
+                ignore_valid)
         device = priors.device
         if self._on_cpu(gt_bboxes.size(1)) and device.type != 'cpu':
-            result = self.assign_batch(*(None if t is None else t.cpu() for t in (
-                priors, gt_bboxes, gt_labels, gt_valid, prior_valid, gt_bboxes_ignore,
-                ignore_valid)))
+            result = self._assign_batched_iou(*(None if t is None else t.cpu() for t in args))
             return BatchAssignResult(*(t.to(device) for t in result))
-        if self.perm_repeat_gt_cfg is not None:
-            gt_bboxes = self._jitter_batch(priors, gt_bboxes, gt_valid, prior_valid)
-        return self._assign_batched_iou(priors, gt_bboxes, gt_labels, gt_valid, prior_valid,
-                                        gt_bboxes_ignore, ignore_valid)
+        return self._assign_batched_iou(*args)
 
     def _on_cpu(self, num_gts: int) -> bool:
         """mmdet's rule: assign on the CPU when there are more gts than ``gpu_assign_thr``."""
