@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: env demo demo-stock demo-seeds test bench dropin clean-env
+.PHONY: env demo demo-stock demo-seeds lint test bench dropin clean-env
 
 env:
 	@bash tools/make_env.sh
@@ -17,6 +17,10 @@ demo-stock: env
 # ours, parity and stock over seeds 0..3 (16 to 25 min per seed on 2 cores): mean, spread, difference to stock
 demo-seeds: env
 	$(PY) -m mmdet_retina_plugin.tools.demo_seeds
+
+# ruff's rules are in ruff.toml; `$(VENV)/bin/ruff check --fix .` sorts imports.
+lint: env
+	$(VENV)/bin/ruff check .
 
 test: env
 	$(PY) -m pytest tests $(PYTEST_ARGS)

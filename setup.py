@@ -1,4 +1,8 @@
+import os
+import shutil
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 version: dict = {}
 with open('mmdet_retina_plugin/version.py') as f:
@@ -6,6 +10,23 @@ with open('mmdet_retina_plugin/version.py') as f:
 
 with open('README.md', encoding='utf-8') as f:
     long_description = f.read()
+
+
+class BuildWithConfigs(build_py):
+    """Also copies ``configs/`` into the built package as ``mmdet_retina_plugin/.mim/configs``.
+
+    The configs stay at the repository root for users of a checkout; an installed package finds
+    them here (``mmdet_retina_plugin.tools.configs``), as mmdet keeps its own in
+    ``mmdet/.mim/configs``. An editable install builds nothing and reads the checkout's.
+    """
+
+    def run(self) -> None:
+        super().run()
+        target = os.path.join(self.build_lib, 'mmdet_retina_plugin', '.mim', 'configs')
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs'), target,
+                        ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+
 
 setup(
     name='mmdet_retina_plugin',
@@ -15,6 +36,7 @@ setup(
     long_description_content_type='text/markdown',
     python_requires='>=3.8',
     packages=find_packages(include=['mmdet_retina_plugin', 'mmdet_retina_plugin.*']),
+    cmdclass={'build_py': BuildWithConfigs},
     install_requires=[
         # An existing torch is kept (CUDA users bring their own build); the private torch names
         # we use (docs/reliability.md) exist since 2.0. The suite runs on 2.13.

@@ -21,7 +21,7 @@ from mmengine.structures import InstanceData
 
 import mmdet_retina_plugin  # noqa: F401  (registers our modules)
 from bench.harness import measure_pair, report
-from mmdet_retina_plugin.testing import retinanet_r50_model_cfg as model_cfg
+from bench.retinanet_r50 import retinanet_r50_model_cfg as model_cfg
 
 IMG_SHAPES = [(800, 1216), (800, 1066)]
 NUM_GTS = 8

@@ -2,9 +2,9 @@
 
 Each case is timed as the median of ``repeats`` runs after ``warmup`` runs; :func:`measure_pair`
 alternates stock and ours run by run, so that the machine's slow phases hit both sides alike.
-Peak extra memory is measured per case: on CUDA with the allocator's peak counter, on CPU from the kernel's resident-set
-high-water mark (``VmHWM``), reset before each run through ``/proc/self/clear_refs`` after freed
-heap memory is handed back to the OS (``malloc_trim``).
+Peak extra memory is measured per case: on CUDA with the allocator's peak counter, on CPU from
+the kernel's resident-set high-water mark (``VmHWM``), reset before each run through
+``/proc/self/clear_refs`` after freed heap memory is handed back to the OS (``malloc_trim``).
 """
 from __future__ import annotations
 

@@ -1,13 +1,19 @@
-"""Suite-wide fixtures."""
+"""Suite-wide fixtures; puts ``tests/helpers`` on ``sys.path`` for the shared test helpers."""
+import os.path as osp
+import sys
+from typing import Iterator
+
 import pytest
 from mmdet.utils import register_all_modules
 from mmengine.registry import DefaultScope
 
+# pytest runs with --import-mode=importlib, so test modules import the helpers by name.
+sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), 'helpers'))
 register_all_modules(init_default_scope=False)
 
 
 @pytest.fixture(autouse=True)
-def mmdet_default_scope():
+def mmdet_default_scope() -> Iterator[None]:
     """Every test starts in mmdet's registry scope and leaves the global scope as it found it.
 
     A Runner (or anything else) that creates a ``DefaultScope`` instance changes the scope every

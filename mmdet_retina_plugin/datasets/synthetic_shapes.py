@@ -55,8 +55,13 @@ def _check(name: str, ok: bool, allowed: str) -> None:
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Textured background.
 
+    Args:
+        rng (np.random.Generator): the image's random generator.
+        h (int): height in pixels.
+        w (int): width in pixels.
+
     Returns:
-        float32 array ``(H, W, 3)``, RGB in [0, 255].
+        np.ndarray: float32 ``(H, W, 3)``, RGB in [0, 255].
     """
     c0, c1 = rng.uniform(30, 225, size=(2, 3))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -97,8 +102,15 @@ def _shape_mask(rng: np.random.Generator, label: int, h: int, w: int,
                 size: float) -> np.ndarray:
     """Mask of one shape of class ``CLASSES[label]`` with longest side about ``size`` pixels.
 
+    Args:
+        rng (np.random.Generator): the image's random generator.
+        label (int): index into ``CLASSES``.
+        h (int): image height in pixels.
+        w (int): image width in pixels.
+        size (float): longest side of the shape in pixels.
+
     Returns:
-        bool array ``(H, W)``; the shape lies fully inside the image.
+        np.ndarray: bool ``(H, W)``; the shape lies fully inside the image.
     """
     r = size / 2
     cx = rng.uniform(r, w - r)
@@ -149,11 +161,19 @@ def _make_image(rng: np.random.Generator, h: int, w: int, max_objects: int,
                 min_visible: float) -> Tuple[np.ndarray, List[Dict]]:
     """Draws one image.
 
+    Args:
+        rng (np.random.Generator): the image's random generator.
+        h (int): height in pixels.
+        w (int): width in pixels.
+        max_objects (int): most shapes drawn.
+        object_size (Tuple[float, float]): ``(min, max)`` longest side of a shape in pixels.
+        empty_prob (float): probability that the image has no shapes.
+        min_visible (float): fraction of each shape's pixels that must stay unoccluded.
+
     Returns:
-        image: uint8 ``(H, W, 3)`` RGB.
-        objects: one dict per visible shape with ``label`` (index into ``CLASSES``), ``bbox``
-            (``[x, y, w, h]`` in pixels, COCO convention, tight around the visible pixels) and
-            ``area`` (``w * h``).
+        Tuple[np.ndarray, List[Dict]]: the uint8 ``(H, W, 3)`` RGB image, and one dict per
+        visible shape with ``label`` (index into ``CLASSES``), ``bbox`` (``[x, y, w, h]`` in
+        pixels, COCO convention, tight around the visible pixels) and ``area`` (``w * h``).
     """
     img = _background(rng, h, w)
     n = 0 if rng.uniform() < empty_prob else int(rng.integers(1, max_objects + 1))
@@ -230,19 +250,21 @@ def make_dataset(root: str = 'data/shapes', num_train: int = 600, num_val: int =
     arguments, so callers can tell whether an existing copy matches what they want).
 
     Args:
-        root: output directory.
-        num_train, num_val: number of images per split, >= 0.
-        image_size: ``(H, W)`` in pixels, each >= 32.
-        seed: base seed; image ``i`` of a split uses ``default_rng([seed, split, i])``.
-        max_objects: most shapes per image, >= 1 (fewer may fit).
-        object_size: ``(min, max)`` longest side of a shape in pixels, ``4 <= min <= max <=
-            min(H, W)``; default ``(10, 0.55 * min(H, W))``.
-        empty_prob: probability in [0, 1] that an image has no shapes at all.
-        min_visible: fraction in (0, 1] of each shape's pixels that must stay unoccluded.
+        root (str): output directory.
+        num_train (int): number of training images, >= 0.
+        num_val (int): number of validation images, >= 0.
+        image_size (Sequence[int]): ``(H, W)`` in pixels, each >= 32.
+        seed (int): base seed; image ``i`` of a split uses ``default_rng([seed, split, i])``.
+        max_objects (int): most shapes per image, >= 1 (fewer may fit).
+        object_size (Optional[Sequence[float]]): ``(min, max)`` longest side of a shape in
+            pixels, ``4 <= min <= max <= min(H, W)``; default ``(10, 0.55 * min(H, W))``.
+        empty_prob (float): probability in [0, 1] that an image has no shapes at all.
+        min_visible (float): fraction in (0, 1] of each shape's pixels that must stay
+            unoccluded.
 
     Returns:
-        dict with ``train_ann``, ``val_ann`` (JSON paths), ``train_img``, ``val_img`` (image
-        directories) and ``classes`` (tuple of names; label ``k`` has category id ``k + 1``).
+        Dict[str, object]: ``train_ann``, ``val_ann`` (JSON paths), ``train_img``, ``val_img``
+        (image directories) and ``classes`` (tuple of names; label ``k`` has category id ``k + 1``).
     """
     _check('num_train', isinstance(num_train, int) and num_train >= 0, 'an int >= 0')
     _check('num_val', isinstance(num_val, int) and num_val >= 0, 'an int >= 0')

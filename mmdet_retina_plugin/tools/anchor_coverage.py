@@ -54,12 +54,14 @@ class ModelView:
     """How the model sees an image: the resize, the padding, the anchors and the IoU threshold.
 
     Attributes:
-        anchor_generator: the head's ``anchor_generator`` config (mmdet ``AnchorGenerator``).
-        pos_iou_thr: the assigner's positive IoU threshold, in (0, 1].
-        scale: ``Resize`` target ``(w, h)``; ``None``: ``scale_factor`` sets the size.
-        scale_factor: ``Resize``'s ``scale_factor`` (> 0), used when ``scale`` is None.
-        keep_ratio: ``Resize``'s ``keep_ratio``.
-        pad_size_divisor: the data preprocessor's ``pad_size_divisor`` (>= 1).
+        anchor_generator (dict): the head's ``anchor_generator`` config (mmdet
+            ``AnchorGenerator``).
+        pos_iou_thr (float): the assigner's positive IoU threshold, in (0, 1].
+        scale (Optional[Tuple[int, int]]): ``Resize`` target ``(w, h)``; ``None``:
+            ``scale_factor`` sets the size.
+        scale_factor (float): ``Resize``'s ``scale_factor`` (> 0), used when ``scale`` is None.
+        keep_ratio (bool): ``Resize``'s ``keep_ratio``.
+        pad_size_divisor (int): the data preprocessor's ``pad_size_divisor`` (>= 1).
     """
     anchor_generator: dict
     pos_iou_thr: float = 0.5
@@ -100,8 +102,10 @@ class GtSet:
     """Gt boxes of an annotation file, grouped by the padded image shape the model sees.
 
     Attributes:
-        boxes: ``{(pad_h, pad_w): (G_s, 4)}`` resized gt boxes ``(x1, y1, x2, y2)`` per shape.
-        areas: ``{(pad_h, pad_w): (G_s,)}`` ORIGINAL annotation areas (COCO ``area``).
+        boxes (Dict[Tuple[int, int], torch.Tensor]): ``{(pad_h, pad_w): (G_s, 4)}`` resized gt
+            boxes ``(x1, y1, x2, y2)`` per shape.
+        areas (Dict[Tuple[int, int], torch.Tensor]): ``{(pad_h, pad_w): (G_s,)}`` ORIGINAL
+            annotation areas (COCO ``area``).
     """
     boxes: Dict[Tuple[int, int], torch.Tensor] = field(default_factory=dict)
     areas: Dict[Tuple[int, int], torch.Tensor] = field(default_factory=dict)
@@ -142,9 +146,13 @@ def model_view_from_config(cfg: Config, pipeline: str = 'test',
     """Reads the anchors, the resize, the padding and ``pos_iou_thr`` from an mmdet config.
 
     Args:
-        cfg: an mmdet RetinaNet-style config (``model.bbox_head.anchor_generator``).
-        pipeline: ``'test'`` or ``'train'``: whose ``Resize`` sets the image size.
-        pos_iou_thr: overrides ``model.train_cfg.assigner.pos_iou_thr`` when given.
+        cfg (Config): an mmdet RetinaNet-style config (``model.bbox_head.anchor_generator``).
+        pipeline (str): ``'test'`` or ``'train'``: whose ``Resize`` sets the image size.
+        pos_iou_thr (Optional[float]): overrides ``model.train_cfg.assigner.pos_iou_thr`` when
+            given.
+
+    Returns:
+        ModelView: what the coverage needs to know of the model.
     """
     if pipeline not in ('test', 'train'):
         raise ValueError(f"pipeline must be 'test' or 'train', got {pipeline!r}")
@@ -173,6 +181,14 @@ def load_gts(ann_file: str | Path, view: ModelView, max_images: Optional[int] = 
 
     Follows mmdet's ``CocoDataset``: crowd boxes and boxes thinner than 1 px are not trained on,
     so they are skipped. Resized boxes are clipped to the resized image (``Resize`` clips).
+
+    Args:
+        ann_file (str | Path): COCO annotation file.
+        view (ModelView): how the model resizes and pads the images.
+        max_images (Optional[int]): read only the first this many images (>= 1); all if None.
+
+    Returns:
+        GtSet: the resized gt boxes and their original areas, grouped by padded image shape.
     """
     if max_images is not None and max_images < 1:
         raise ValueError(f'max_images must be >= 1, got {max_images}')
@@ -218,15 +234,15 @@ def _best_iou_in_level(boxes: torch.Tensor, anchors: torch.Tensor, featmap_size:
     that shape. So only G x A candidates are scored, instead of G x H x W x A.
 
     Args:
-        boxes: (G, 4) gt boxes.
-        anchors: (H*W*A, 4) the level's anchors as ``grid_priors`` lays them out (row-major
-            cells, then base anchors).
-        featmap_size: (H, W).
-        stride: (stride_w, stride_h).
-        num_base: A, base anchors per cell.
+        boxes (torch.Tensor): (G, 4) gt boxes.
+        anchors (torch.Tensor): (H*W*A, 4) the level's anchors as ``grid_priors`` lays them out
+            (row-major cells, then base anchors).
+        featmap_size (Tuple[int, int]): (H, W).
+        stride (Tuple[float, float]): (stride_w, stride_h).
+        num_base (int): A, base anchors per cell.
 
     Returns:
-        (G,) best IoU.
+        torch.Tensor: (G,) best IoU.
     """
     from mmdet.structures.bbox import bbox_overlaps
     h, w = featmap_size
@@ -246,13 +262,13 @@ def best_anchor_iou(gts: GtSet, anchor_generator: dict) -> Tuple[torch.Tensor, t
     """Best anchor IoU of every gt box, and the pyramid level of that anchor.
 
     Args:
-        gts: gt boxes grouped by padded image shape.
-        anchor_generator: mmdet ``AnchorGenerator`` config.
+        gts (GtSet): gt boxes grouped by padded image shape.
+        anchor_generator (dict): mmdet ``AnchorGenerator`` config.
 
     Returns:
-        best_iou: (G,) max IoU over all anchors of the gt's image, order of ``gts.all_boxes()``.
-        best_level: (G,) long, index into the generator's strides of the best anchor
-            (the first level on ties).
+        Tuple[torch.Tensor, torch.Tensor]: ``best_iou``, (G,) max IoU over all anchors of the
+        gt's image, in the order of ``gts.all_boxes()``; ``best_level``, (G,) long, index into
+        the generator's strides of the best anchor (the first level on ties).
     """
     generator = build_anchor_generator(anchor_generator)
     best_iou, best_level = [], []
@@ -285,15 +301,15 @@ def summarize(best_iou: torch.Tensor, best_level: torch.Tensor, orig_area: torch
     """Share of gts with best anchor IoU below ``pos_iou_thr``, overall and per group.
 
     Args:
-        best_iou: (G,) best anchor IoU per gt.
-        best_level: (G,) level index of the best anchor.
-        orig_area: (G,) original COCO area: sets the COCO size class.
-        boxes: (G, 4) resized boxes: set the size bin, on sqrt(resized area).
-        pos_iou_thr: the assigner's positive threshold.
-        levels: level names, one per anchor generator level.
+        best_iou (torch.Tensor): (G,) best anchor IoU per gt.
+        best_level (torch.Tensor): (G,) level index of the best anchor.
+        orig_area (torch.Tensor): (G,) original COCO area: sets the COCO size class.
+        boxes (torch.Tensor): (G, 4) resized boxes: set the size bin, on sqrt(resized area).
+        pos_iou_thr (float): the assigner's positive threshold.
+        levels (Sequence[str]): level names, one per anchor generator level.
 
     Returns:
-        dict with ``overall``, ``by_coco_size``, ``by_size_bin``, ``by_level`` groups, each
+        dict: with ``overall``, ``by_coco_size``, ``by_size_bin``, ``by_level`` groups, each
         ``{num_gts, below_thr_share, mean_best_iou}`` (shares ``None`` for empty groups), and
         ``coverage`` = 1 - overall below-threshold share.
     """
@@ -330,8 +346,13 @@ def search_anchor_settings(gts: GtSet, view: ModelView, top: int = 5) -> List[di
     best setting with no more anchors per location than the current one is always listed when it
     improves coverage, since more anchors trivially cover more.
 
+    Args:
+        gts (GtSet): the gt boxes to cover.
+        view (ModelView): the model's current anchors, resize and threshold.
+        top (int): most settings returned (>= 1).
+
     Returns:
-        list of ``{**anchor_setting(...), coverage, by_coco_size, anchor_generator}``;
+        List[dict]: ``{**anchor_setting(...), coverage, by_coco_size, anchor_generator}`` each;
         ``by_coco_size`` maps ``all`` / ``small`` / ``medium`` / ``large`` to coverage.
     """
     if top < 1:
@@ -379,8 +400,11 @@ def plot_best_iou_histogram(best_iou: torch.Tensor, orig_area: torch.Tensor, pos
     """Writes a PNG histogram of best anchor IoU, stacked by COCO size class.
 
     Args:
-        best_iou: (G,) best anchor IoU per gt.
-        orig_area: (G,) original COCO area per gt.
+        best_iou (torch.Tensor): (G,) best anchor IoU per gt.
+        orig_area (torch.Tensor): (G,) original COCO area per gt.
+        pos_iou_thr (float): the assigner's positive threshold, drawn as a dashed line.
+        path (str | Path): the PNG to write.
+        title (str): the figure's title.
     """
     import matplotlib
     matplotlib.use('Agg')
@@ -440,8 +464,19 @@ def run_coverage(ann_file: str | Path, config: str | Path, out_dir: Optional[str
                  max_images: Optional[int] = None, search: bool = True, top: int = 5) -> dict:
     """Full coverage analysis; writes ``coverage.json`` and ``best_iou_hist.png`` to ``out_dir``.
 
+    Args:
+        ann_file (str | Path): COCO annotation file.
+        config (str | Path): mmdet config with the anchor settings.
+        out_dir (Optional[str | Path]): where to write the JSON and the PNG; nothing if None.
+        pipeline (str): ``'test'`` or ``'train'``: whose ``Resize`` sets the image size.
+        pos_iou_thr (Optional[float]): overrides the config's assigner threshold.
+        max_images (Optional[int]): read only the first this many images.
+        search (bool): also search anchor settings that raise the coverage.
+        top (int): most suggested settings.
+
     Returns:
-        ``{summary, suggestions, current}`` (see :func:`summarize`, :func:`search_anchor_settings`).
+        dict: ``{summary, suggestions, current}`` (see :func:`summarize`,
+        :func:`search_anchor_settings`).
     """
     view = model_view_from_config(Config.fromfile(str(config)), pipeline, pos_iou_thr)
     gts = load_gts(ann_file, view, max_images)
@@ -457,7 +492,8 @@ def run_coverage(ann_file: str | Path, config: str | Path, out_dir: Optional[str
         out.mkdir(parents=True, exist_ok=True)
         (out / 'coverage.json').write_text(json.dumps(result, indent=2))
         plot_best_iou_histogram(best_iou, gts.all_areas(), view.pos_iou_thr,
-                                out / 'best_iou_hist.png', f'anchor coverage: {Path(ann_file).name}')
+                                out / 'best_iou_hist.png',
+                                f'anchor coverage: {Path(ann_file).name}')
         print(f'wrote {out / "coverage.json"} and {out / "best_iou_hist.png"}')
     return result
 

@@ -2,6 +2,7 @@
 
 Subcommands::
 
+    mmdet-retina config [NAME]                                # path of a plugin config
     mmdet-retina coverage ANN.json --config CFG [--out DIR]   # anchor coverage of the gts
     mmdet-retina figures --out DIR                            # paper Figure 1 + prior table
     mmdet-retina infer IMG_OR_DIR --config CFG --checkpoint CKPT --out DIR [--score-thr 0.3]
@@ -17,6 +18,7 @@ from typing import List, Optional
 
 # subcommand -> (module under mmdet_retina_plugin.tools, help); imported only when used
 SUBCOMMANDS = {
+    'config': ('configs', 'path of a plugin config (lists the names without NAME)'),
     'coverage': ('anchor_coverage', 'share of gt boxes without a regular positive anchor'),
     'figures': ('paper_figures', "the paper's Figure 1 and the prior-initialisation table"),
     'infer': ('infer', 'draw detections of a checkpoint on images'),

@@ -37,13 +37,14 @@ def summarise(runs: Sequence[Dict[str, Dict[str, float]]]) -> Dict[str, Dict[str
     difference to ``stock``.
 
     Args:
-        runs: one dict per seed, ``{detector: {metric: value}}``; every seed has the same
-            detectors.
+        runs (Sequence[Dict[str, Dict[str, float]]]): one dict per seed,
+            ``{detector: {metric: value}}``; every seed has the same detectors.
 
     Returns:
-        ``{detector: {metric: {'mean', 'std'[, 'diff_mean', 'diff_std', 'not_below']}}}``; the
-        ``diff_*`` entries (detector - stock) and ``not_below`` (seeds where detector >= stock)
-        exist for detectors other than stock when stock ran. Stds are 0 for a single seed.
+        Dict[str, Dict[str, dict]]: ``{detector: {metric: {'mean', 'std'[, 'diff_mean',
+        'diff_std', 'not_below']}}}``; the ``diff_*`` entries (detector - stock) and
+        ``not_below`` (seeds where detector >= stock) exist for detectors other than stock when
+        stock ran. Stds are 0 for a single seed.
     """
     out: Dict[str, Dict[str, dict]] = {}
     for name in runs[0]:

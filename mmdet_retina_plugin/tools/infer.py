@@ -36,8 +36,16 @@ def run_inference(img_or_dir: str | Path, config: str | Path, checkpoint: str | 
 
     Writes ``<out_dir>/<image stem>.png`` per image and ``<out_dir>/predictions.json``.
 
+    Args:
+        img_or_dir (str | Path): an image, or a folder of images.
+        config (str | Path): the detector's mmdet config.
+        checkpoint (str | Path): its weights.
+        out_dir (str | Path): where the drawings and ``predictions.json`` go.
+        score_thr (float): lowest score drawn and kept, in [0, 1].
+        device (Optional[str]): torch device; the first GPU if there is one, else the CPU.
+
     Returns:
-        one dict per image: ``file``, ``out_file`` and the kept detections as ``bboxes``
+        List[dict]: one dict per image: ``file``, ``out_file`` and the kept detections as ``bboxes``
         (D, 4) ``(x1, y1, x2, y2)`` in original image pixels, ``scores`` (D,) and ``labels`` (D,)
         (0-based class indices into ``classes``), plus ``classes``.
     """
@@ -63,9 +71,9 @@ def run_inference(img_or_dir: str | Path, config: str | Path, checkpoint: str | 
     for image_path in images:
         result = inference_detector(model, str(image_path))
         out_file = out / f'{image_path.stem}.png'
-        visualizer.add_datasample(image_path.name, mmcv.imread(str(image_path), channel_order='rgb'),
-                                  result, draw_gt=False, show=False, pred_score_thr=score_thr,
-                                  out_file=str(out_file))
+        image = mmcv.imread(str(image_path), channel_order='rgb')
+        visualizer.add_datasample(image_path.name, image, result, draw_gt=False, show=False,
+                                  pred_score_thr=score_thr, out_file=str(out_file))
         pred = result.pred_instances
         keep = pred.scores >= score_thr
         records.append(dict(file=str(image_path), out_file=str(out_file), classes=classes,

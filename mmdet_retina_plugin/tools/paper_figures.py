@@ -20,16 +20,17 @@ FIGURE1_GAMMAS: Tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 5.0)
 TABLE_NEGATIVES: Tuple[int, ...] = (10, 100, 1_000, 10_000)
 TABLE_PRIORS: Tuple[float, float] = (0.01, 0.5)
 
-# Values quoted by the source note (shared/seeds/003) for prior 0.01 and 0.5, and their ratio.
-NOTE_TABLE: Dict[str, List[float]] = {
+# Values quoted by a widely read RetinaNet tutorial, which rounds them, for prior 0.01 and 0.5
+# and their ratio.
+TUTORIAL_TABLE: Dict[str, List[float]] = {
     'loss_prior_0.01': [4.705, 5.605, 14.605, 104.605],
     'loss_prior_0.5': [7.623, 69.993, 693.693, 6930.693],
     'ratio': [1.62, 12.49, 47.5, 66.26],
 }
-NOTE_DIFFERENCES = (
-    'The note rounds -log(0.01) = 4.60517 to 4.605, -log(1 - 0.01) = 0.0100503 to 0.01 and '
+TUTORIAL_DIFFERENCES = (
+    'The tutorial rounds -log(0.01) = 4.60517 to 4.605, -log(1 - 0.01) = 0.0100503 to 0.01 and '
     'ln 2 = 0.6931472 to 0.693. The per-negative terms dominate as N grows: each negative loses '
-    '5.03e-5 (prior 0.01) or 1.47e-4 (prior 0.5), so at N = 10,000 the note\'s sums are 0.50 '
+    '5.03e-5 (prior 0.01) or 1.47e-4 (prior 0.5), so at N = 10,000 the tutorial\'s sums are 0.50 '
     'and 1.47 too small (104.605 vs 105.109, 6930.693 vs 6932.165) and its ratio 66.26 is 65.95 '
     'exactly. Its ratios are also rounded from its own sums: 12.49 = 69.993 / 5.605 (exact '
     '12.48) and 47.5 = 693.693 / 14.605 = 47.497 (exact 47.34).')
@@ -40,11 +41,12 @@ def focal_loss_curves(p_t: torch.Tensor,
     """Focal loss of a positive with probability ``p_t``, evaluated by ``RetinaFocalLoss``.
 
     Args:
-        p_t: (P,) probabilities of the ground-truth class, in (0, 1).
-        gammas: focusing parameters, one curve each.
+        p_t (torch.Tensor): (P,) probabilities of the ground-truth class, in (0, 1).
+        gammas (Sequence[float]): focusing parameters, one curve each.
 
     Returns:
-        ``{gamma: (P,) float64 loss}``, with ``alpha=None`` (no class weighting).
+        Dict[float, torch.Tensor]: ``{gamma: (P,) float64 loss}``, with ``alpha=None`` (no class
+        weighting).
     """
     from mmdet.registry import MODELS
 
@@ -115,9 +117,14 @@ def prior_table(negatives: Sequence[int] = TABLE_NEGATIVES,
                 priors: Tuple[float, float] = TABLE_PRIORS) -> dict:
     """Initial loss of the head for each N with the paper's prior against the plain one.
 
+    Args:
+        negatives (Sequence[int]): numbers N of negatives, one row each.
+        priors (Tuple[float, float]): the paper's prior and the plain one, whose losses are
+            compared.
+
     Returns:
-        ``{negatives, p_init: {prior: p}, loss_prior_<prior>: [..], ratio: [..]}`` where ratio
-        is the loss with ``priors[1]`` over the loss with ``priors[0]``.
+        dict: ``{negatives, p_init: {prior: p}, loss_prior_<prior>: [..], ratio: [..]}`` where
+        ratio is the loss with ``priors[1]`` over the loss with ``priors[0]``.
     """
     logits = {pi: initial_cls_logit(pi) for pi in priors}
     table = dict(negatives=list(negatives),
@@ -126,22 +133,22 @@ def prior_table(negatives: Sequence[int] = TABLE_NEGATIVES,
     for pi, b in logits.items():
         table[f'loss_prior_{pi:g}'] = [initial_bce(b, n) for n in negatives]
     low, high = (table[f'loss_prior_{pi:g}'] for pi in priors)
-    table['ratio'] = [h / l for h, l in zip(high, low)]
+    table['ratio'] = [h / lo for h, lo in zip(high, low)]
     return table
 
 
 def format_prior_table(table: dict) -> str:
-    """Markdown table of measured values next to the note's, and why they differ."""
-    rows = ['| N negatives | loss, prior 0.01 (measured / note) | loss, prior 0.5 '
-            '(measured / note) | ratio (measured / note) |', '|---:|---:|---:|---:|']
+    """Markdown table of measured values next to the tutorial's, and why they differ."""
+    rows = ['| N negatives | loss, prior 0.01 (measured / tutorial) | loss, prior 0.5 '
+            '(measured / tutorial) | ratio (measured / tutorial) |', '|---:|---:|---:|---:|']
     for i, n in enumerate(table['negatives']):
-        cells = [f"{table[k][i]:.3f} / {NOTE_TABLE[k][i]}" if i < len(NOTE_TABLE[k])
+        cells = [f"{table[k][i]:.3f} / {TUTORIAL_TABLE[k][i]}" if i < len(TUTORIAL_TABLE[k])
                  else f'{table[k][i]:.3f}' for k in ('loss_prior_0.01', 'loss_prior_0.5')]
         ratio = f"{table['ratio'][i]:.2f}" + (
-            f" / {NOTE_TABLE['ratio'][i]}" if i < len(NOTE_TABLE['ratio']) else '')
+            f" / {TUTORIAL_TABLE['ratio'][i]}" if i < len(TUTORIAL_TABLE['ratio']) else '')
         rows.append(f'| {n:,} | {cells[0]} | {cells[1]} | {ratio} |')
     p = ', '.join(f'prior {k}: p = {v:.6f}' for k, v in table['p_init'].items())
-    return '\n'.join(rows + ['', f'Initial p from the built heads: {p}.', '', NOTE_DIFFERENCES])
+    return '\n'.join(rows + ['', f'Initial p from the built heads: {p}.', '', TUTORIAL_DIFFERENCES])
 
 
 def run_figures(out_dir: str | Path) -> dict:

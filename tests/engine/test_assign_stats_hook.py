@@ -9,13 +9,13 @@ from mmdet.structures import DetDataSample
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 from mmengine.structures import InstanceData
+from tiny_detector import tiny_config, tiny_data
 
 import mmdet_retina_plugin  # noqa: F401
 from mmdet_retina_plugin.engine.hooks.assign_stats_hook import (
     RetinaAssignStatsHook,
     assignment_stats,
 )
-from mmdet_retina_plugin.testing import tiny_demo_config
 
 # One square anchor of side 4*stride per location, centred on (stride*i, stride*j).
 ANCHORS = dict(type='AnchorGenerator', octave_base_scale=4, scales_per_octave=1, ratios=[1.0],
@@ -81,13 +81,9 @@ def test_invalid_interval():
 
 
 def test_runner_logs_scalars(tmp_path):
-    from mmdet_retina_plugin.datasets.synthetic_shapes import make_dataset
-    data = make_dataset(str(tmp_path / 'data'), 4, 0, image_size=(64, 64), seed=0,
-                        object_size=(12, 40))
-    cfg = tiny_demo_config()
-    cfg.train_dataloader.update(batch_size=2, num_workers=0, persistent_workers=False)
-    cfg.train_dataloader.dataset.update(data_root=str(tmp_path / 'data'),
-                                        ann_file=data['train_ann'], data_prefix=dict(img=data['train_img'] + '/'))
+    data_root = str(tmp_path / 'data') + '/'
+    tiny_data(data_root, 4, 0)
+    cfg = tiny_config(data_root)
     for key in ('val_dataloader', 'test_dataloader', 'val_evaluator', 'test_evaluator',
                 'val_cfg', 'test_cfg'):
         cfg[key] = None

@@ -16,7 +16,7 @@ from mmdet.utils import register_all_modules
 from mmengine.structures import InstanceData
 
 import mmdet_retina_plugin  # noqa: F401  (registers our modules)
-from mmdet_retina_plugin.testing import retinanet_r50_model_cfg as model_cfg
+from bench.retinanet_r50 import retinanet_r50_model_cfg as model_cfg
 
 register_all_modules()
 

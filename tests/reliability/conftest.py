@@ -9,7 +9,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 @pytest.fixture(scope='module')
 def shapes_root(tmp_path_factory) -> str:
-    from rel_tiny_cfg import make_data
+    from tiny_detector import tiny_data
     root = str(tmp_path_factory.mktemp('shapes'))
-    make_data(root)
+    tiny_data(root)
     return root + '/'

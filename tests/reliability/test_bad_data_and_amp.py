@@ -9,7 +9,7 @@ from mmdet.structures import DetDataSample
 from mmdet.utils import register_all_modules
 from mmengine.optim import OptimWrapper
 from mmengine.structures import InstanceData
-from rel_tiny_cfg import IMAGE_SIZE, tiny_cfg
+from tiny_detector import IMAGE_SIZE, tiny_config
 
 import mmdet_retina_plugin  # noqa: F401
 
@@ -18,7 +18,7 @@ register_all_modules(init_default_scope=True)
 
 def build_model():
     torch.manual_seed(0)
-    model = MODELS.build(copy.deepcopy(tiny_cfg('unused/', 'unused').model))
+    model = MODELS.build(copy.deepcopy(tiny_config().model))
     model.init_weights()
     return model
 
@@ -52,7 +52,7 @@ def test_empty_images_give_background_only_loss_equal_to_mmdet():
     metas = [s.metainfo for s in data['data_samples']]
     ours = model.bbox_head.loss_by_feat(cls_scores, bbox_preds, gts, metas)
 
-    head_cfg = copy.deepcopy(tiny_cfg('unused/', 'unused').model.bbox_head)
+    head_cfg = copy.deepcopy(tiny_config().model.bbox_head)
     head_cfg.update(type='RetinaHead', loss_cls=dict(type='FocalLoss', use_sigmoid=True,
                                                      gamma=2.0, alpha=0.25, loss_weight=1.0),
                     train_cfg=dict(assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.5,

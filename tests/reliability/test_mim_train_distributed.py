@@ -18,7 +18,7 @@ import pytest
 import torch
 from mmengine.runner import Runner
 from rel_helpers import HERE, PYTHON, child_env, state_dicts_equal, tail
-from rel_tiny_cfg import tiny_cfg
+from tiny_detector import tiny_config
 
 import mmdet_retina_plugin  # noqa: F401  (weights-only torch.load of mmengine checkpoints)
 from mmdet_retina_plugin.engine import cpu_distributed
@@ -39,7 +39,7 @@ def free_port() -> int:
 
 def test_mim_train_pytorch_launcher_two_cpu_processes(shapes_root, tmp_path):
     work, log = str(tmp_path / 'work'), str(tmp_path / 'mim_train.log')
-    cfg = tiny_cfg(shapes_root, work, max_iters=MAX_ITERS, ckpt_interval=MAX_ITERS)
+    cfg = tiny_config(shapes_root, work, max_iters=MAX_ITERS, ckpt_interval=MAX_ITERS)
     # What docs/reliability.md tells a user to add for CPU-only hosts.
     cfg.runner_type = 'RetinaCPUDistributedRunner'
     cfg.env_cfg.dist_cfg = dict(backend='gloo', timeout=120)

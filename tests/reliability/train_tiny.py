@@ -1,4 +1,4 @@
-"""Trains the tiny RetinaNet of ``rel_tiny_cfg.py``; the reliability tests run it as a subprocess.
+"""Trains the tiny RetinaNet of ``helpers/tiny_detector.py``; the reliability tests run it.
 
 Usage::
 
@@ -31,14 +31,15 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+sys.path[:0] = [osp.dirname(osp.abspath(__file__)),
+                osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'helpers')]
 
 from mmengine.dist import get_rank  # noqa: E402
 from mmengine.fileio.backends import local_backend  # noqa: E402
 from mmengine.hooks import Hook, checkpoint_hook  # noqa: E402
 from mmengine.model import is_model_wrapper  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
-from rel_tiny_cfg import tiny_cfg  # noqa: E402
+from tiny_detector import tiny_config  # noqa: E402
 
 import mmdet_retina_plugin  # noqa: E402,F401
 from mmdet_retina_plugin.engine import atomic_io  # noqa: E402
@@ -134,8 +135,8 @@ def main() -> None:
     p.add_argument('--launcher', default='none')
     args = p.parse_args()
 
-    cfg = tiny_cfg(args.data_root, args.work_dir, max_iters=args.max_iters,
-                   atomic=not args.stock_ckpt)
+    cfg = tiny_config(args.data_root, args.work_dir, max_iters=args.max_iters,
+                      atomic=not args.stock_ckpt)
     cfg.launcher = args.launcher
     if args.launcher == 'pytorch':
         cfg.runner_type = 'RetinaCPUDistributedRunner'

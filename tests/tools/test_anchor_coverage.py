@@ -44,6 +44,16 @@ def _write_ann(tmp_path):
     return path
 
 
+def _one_box_ann(path, bbox):
+    """A COCO file of one 64x64 image holding one box ``[x, y, w, h]``."""
+    path.write_text(json.dumps(dict(
+        images=[dict(id=1, width=64, height=64, file_name='a.png')],
+        annotations=[dict(id=1, image_id=1, bbox=bbox, area=bbox[2] * bbox[3], category_id=1,
+                          iscrowd=0)],
+        categories=[dict(id=1, name='thing')])))
+    return path
+
+
 def _write_config(tmp_path):
     cfg = Config(dict(
         model=dict(type='RetinaNet',
@@ -140,12 +150,7 @@ def test_padding_places_extra_anchors(tmp_path):
     #   [16,16,48,48] only touches the box; stride-64 grid 1x1: [-32,-32,32,32]   -> best IoU 0.
     # Divisor 128 -> padded 128x128: stride-32 grid 4x4 adds the anchor at (64,64) =
     #   [48,48,80,80], which contains the box: 256/1024                           -> best IoU 1/4.
-    ann = tmp_path / 'border.json'
-    ann.write_text(json.dumps(dict(
-        images=[dict(id=1, width=64, height=64, file_name='a.png')],
-        annotations=[dict(id=1, image_id=1, bbox=[48, 48, 16, 16], area=256, category_id=1,
-                          iscrowd=0)],
-        categories=[dict(id=1, name='thing')])))
+    ann = _one_box_ann(tmp_path / 'border.json', [48, 48, 16, 16])
     for divisor, expected in ((32, 0.0), (128, 1 / 4)):
         view = ac.ModelView(anchor_generator=ANCHORS, pad_size_divisor=divisor)
         best_iou, _ = ac.best_anchor_iou(ac.load_gts(ann, view), ANCHORS)
@@ -158,12 +163,7 @@ def test_search_finds_the_missing_ratio(tmp_path):
     # so coverage is 0. Ratio h/w = 2 at octave_base_scale 1 gives a 32/sqrt(2) x 32*sqrt(2)
     # anchor [20.7,9.4,43.3,54.6]: inter 16 * 45.25 = 724.1, union 2048 - 724.1 -> IoU 0.547,
     # so the 3 ratios (0.5, 1, 2) already reach coverage 1: the cheapest such setting (A = 3).
-    ann = tmp_path / 'tall.json'
-    ann.write_text(json.dumps(dict(
-        images=[dict(id=1, width=64, height=64, file_name='a.png')],
-        annotations=[dict(id=1, image_id=1, bbox=[24, 0, 16, 64], area=1024, category_id=1,
-                          iscrowd=0)],
-        categories=[dict(id=1, name='thing')])))
+    ann = _one_box_ann(tmp_path / 'tall.json', [24, 0, 16, 64])
     view = ac.ModelView(anchor_generator=ANCHORS, pad_size_divisor=32)
     gts = ac.load_gts(ann, view)
     assert ac.coverage_of(gts, ANCHORS, 0.5) == 0.0

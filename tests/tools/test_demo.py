@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import cv2
+from mmengine.config import Config
 
 from mmdet_retina_plugin.datasets.synthetic_shapes import META_FILE
 from mmdet_retina_plugin.tools import demo
@@ -82,3 +83,11 @@ def test_data_options_point_every_loader_and_evaluator_at_the_root():
     for ev in ('val_evaluator', 'test_evaluator'):
         assert f'{ev}.ann_file=/d/shapes/annotations/val.json' in opts
     assert not any('num_workers' in o for o in demo.data_options('/d/shapes'))
+
+
+def test_quick_options_shorten_the_precise_bn_pass():
+    cfg = demo._load_cfg(demo.CONFIGS['ours'], 'unused', demo.QUICK_OPTIONS)
+    (hook,) = cfg.custom_hooks
+    assert hook.type == 'RetinaPreciseBNHook' and hook.num_iters == 4
+    assert cfg.train_cfg.max_epochs == 2
+    assert Config.fromfile(str(demo.CONFIGS['ours'])).custom_hooks[0].num_iters == 200

@@ -7,19 +7,18 @@ import pytest
 import torch
 from mmdet.registry import MODELS
 from mmengine.registry import init_default_scope
+from tiny_detector import tiny_config, tiny_data
 
 import mmdet_retina_plugin  # noqa: F401
-from mmdet_retina_plugin.testing import tiny_demo_config
 from mmdet_retina_plugin.tools import infer
 
 
 @pytest.fixture(scope='module')
 def tiny_detector(tmp_path_factory):
     """(image folder, config path, checkpoint path, classes) of a random tiny RetinaNet."""
-    from mmdet_retina_plugin.datasets.synthetic_shapes import make_dataset
     root = tmp_path_factory.mktemp('infer')
-    data = make_dataset(str(root / 'data'), 0, 2, image_size=(64, 96), seed=0)
-    cfg = tiny_demo_config()
+    data = tiny_data(str(root / 'data'), 0, 2, image_size=(64, 96))
+    cfg = tiny_config(str(root / 'data') + '/')
     # a random head scores ~prior_prob: keep every box so there is something to draw
     cfg.model.test_cfg.score_thr = 0.0
     cfg.model.test_cfg.max_per_img = 5

@@ -14,9 +14,9 @@ from mmengine.hooks import Hook
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import HOOKS
 from mmengine.runner import Runner
+from tiny_detector import tiny_config, tiny_data
 
 import mmdet_retina_plugin  # noqa: F401  (applies the allow-list)
-from mmdet_retina_plugin.testing import tiny_dataset, tiny_retinanet_config
 
 ITERS_PER_EPOCH = 4  # 8 train images, batch 2
 
@@ -37,11 +37,14 @@ class _RecordStart(Hook):
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    return tiny_dataset(str(tmp_path_factory.mktemp('shapes')))
+    root = str(tmp_path_factory.mktemp('shapes')) + '/'
+    tiny_data(root)
+    return root
 
 
 def _train(data, work_dir, max_epochs, **kwargs):
-    cfg = tiny_retinanet_config(data, str(work_dir), max_epochs=max_epochs)
+    cfg = tiny_config(data, str(work_dir), max_epochs=max_epochs, ckpt_interval=1,
+                      atomic=False)
     cfg.val_cfg = None  # resume is what is under test: skip evaluation
     cfg.val_dataloader = None
     cfg.val_evaluator = None
@@ -125,7 +128,8 @@ def test_load_from_loads_weights_only(data, cut, tmp_path):
 
 def test_mim_train_resume_cli(data, tmp_path):
     """The failure users hit: `mim train mmdet CFG --resume` on torch >= 2.6."""
-    cfg = tiny_retinanet_config(data, str(tmp_path / 'wd'), max_epochs=1)
+    cfg = tiny_config(data, str(tmp_path / 'wd'), max_epochs=1, ckpt_interval=1,
+                      atomic=False)
     cfg.log_level = 'INFO'  # the resume message is an INFO line
     cfg_path = tmp_path / 'tiny.py'
     cfg.dump(str(cfg_path))

@@ -49,7 +49,8 @@ model = dict(
         feat_channels=64,
         # GroupNorm in the head: the from-scratch head trains much faster with a norm layer.
         norm_cfg=dict(type='GN', num_groups=16, requires_grad=True),
-        # Base sizes 16..128 (x 2^(0, 1/3, 2/3)): the smallest shapes need 16 px anchors at stride 8.
+        # Base sizes 16..128 (x 2^(0, 1/3, 2/3)): the smallest shapes need 16 px anchors at
+        # stride 8.
         anchor_generator=dict(
             type='AnchorGenerator',
             octave_base_scale=2,

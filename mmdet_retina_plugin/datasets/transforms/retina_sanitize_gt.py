@@ -41,10 +41,10 @@ class RetinaSanitizeGt(BaseTransform):
     Modified keys: ``gt_bboxes`` and the optional per-instance keys.
 
     Args:
-        min_size: minimum box width and height in pixels after clipping, ``>= 0``; boxes with
-            a side ``< min_size`` — or ``<= 0`` when ``min_size == 0`` — are dropped.
-        clip: clip boxes to the image before the size test.
-        check_image: check float images for NaN/Inf.
+        min_size (float): minimum box width and height in pixels after clipping, ``>= 0``;
+            boxes with a side ``< min_size`` — or ``<= 0`` when ``min_size == 0`` — are dropped.
+        clip (bool): clip boxes to the image before the size test.
+        check_image (bool): check float images for NaN/Inf.
     """
 
     def __init__(self, min_size: float = 1.0, clip: bool = True, check_image: bool = True) -> None:
