@@ -1,5 +1,6 @@
 """RetinaNetHead against mmdet's RetinaHead on the same maps: losses, gradients, targets,
 detections; plus init, parameter names, validation and the anchor cache."""
+import copy
 import math
 
 import pytest
@@ -21,6 +22,7 @@ from mmdet.models.task_modules.prior_generators import AnchorGenerator
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from mmengine.structures import InstanceData
+from tiny_detector import tiny_config
 
 import mmdet_retina_plugin  # noqa: F401  (registers our modules)
 from mmdet_retina_plugin.models.task_modules.prior_generators import AnchorCache
@@ -203,3 +205,52 @@ def test_anchor_cache_matches_generator_and_reuses():
     cache.anchors([(4, 4), (2, 2)], torch.device('cpu'), torch.float32)
     cache.anchors([(5, 5), (3, 3)], torch.device('cpu'), torch.float32)  # evicts `sizes`
     assert cache.anchors(sizes, torch.device('cpu'), torch.float32)[0] is not flat
+
+
+def test_stock_state_dict_loads_strict_with_moving_average():
+    """mmdet's RetinaHead / RetinaNet checkpoints have no ``avg_factor_ema``: they load with
+    strict=True into a head with the option on, which then starts the average afresh."""
+    stock, ours = build_pair(ours_only=dict(avg_factor_momentum=0.9))
+    ours.avg_factor_ema.fill_(37.0)
+    ours.load_state_dict(stock.state_dict(), strict=True)
+    assert ours.avg_factor_ema.item() == 0  # not started: the next count starts it
+    gts = [random_gts(n, m['img_shape'], seed=i) for i, (n, m) in enumerate(zip((8, 3), METAS))]
+    assert_loss_parity(stock, ours, gts)  # first step after loading: mmdet's normaliser
+    # a whole stock detector into ours with the option on
+    model = tiny_config().model
+    stock_cfg = copy.deepcopy(model)
+    stock_cfg.bbox_head.type = 'RetinaHead'
+    stock_cfg.bbox_head.pop('prior_prob', None)
+    model.bbox_head.avg_factor_momentum = 0.9
+    ours_model = MODELS.build(model)
+    ours_model.load_state_dict(MODELS.build(stock_cfg).state_dict(), strict=True)
+    assert ours_model.bbox_head.avg_factor_ema.item() == 0
+    # and back: a checkpoint with the average loads into a head without the option
+    _, plain = build_pair()
+    plain.load_state_dict(ours.state_dict(), strict=True)
+
+
+def test_resume_continues_moving_average():
+    """The average is checkpointed: a head loaded from step 1's state_dict computes step 2's
+    average from it, as the head that kept training does."""
+    m = 0.75
+    _, first = build_pair(ours_only=dict(avg_factor_momentum=m))
+    _, resumed = build_pair(ours_only=dict(avg_factor_momentum=m))
+    steps = [[random_gts(n, meta['img_shape'], seed=10 * s + i)
+              for i, (n, meta) in enumerate(zip(counts, METAS))]
+             for s, counts in enumerate([(8, 3), (30, 12)])]
+    cls, box = random_maps()
+    first.loss_by_feat(cls, box, steps[0], METAS)
+    count_1 = first.avg_factor_ema.item()
+    assert count_1 >= 2  # started from the first count
+    resumed.load_state_dict(first.state_dict(), strict=True)
+    expected = first.loss_by_feat(cls, box, steps[1], METAS)
+    got = resumed.loss_by_feat(cls, box, steps[1], METAS)
+    assert resumed.avg_factor_ema.item() == first.avg_factor_ema.item() != count_1
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=0, atol=0)
+    # a checkpoint saved by the earlier NaN-initialised buffer, before any step: not started
+    state = dict(first.state_dict(), avg_factor_ema=torch.tensor(math.nan))
+    resumed.load_state_dict(state, strict=True)
+    resumed.loss_by_feat(cls, box, steps[0], METAS)
+    assert resumed.avg_factor_ema.item() == count_1
