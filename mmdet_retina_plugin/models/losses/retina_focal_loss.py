@@ -16,15 +16,16 @@ How it is computed (and why it is fast):
 * Everything is computed in fp32 (fp64 for fp64 input) from ``exp(-|x|)``, so the loss and
   gradient stay finite for any finite logit in fp32 / fp16 / bf16; the gradient is returned
   in the input dtype. Sums accumulate in fp64.
-* Backends: CUDA tensors run the dense sweep as a Triton kernel (when Triton imports); large
-  CPU inputs run sweep + fix-up as one ``torch.compile`` (inductor C++) kernel, compiled once
-  for all batch sizes; everything else runs row-chunked eager code, the reference. Any backend
-  failure falls back to eager with a one-time warning.
+* The eager code below (:func:`focal_terms`, the sweep, the fix-up) is the reference. The same
+  pass also runs as a Triton kernel (CUDA) or one ``torch.compile`` kernel (large inputs);
+  ``focal_backends`` picks the backend and falls back to eager if one fails.
 
 Soft targets ``t`` in ``[0, 1]`` use mmdet's generalisation (``py_sigmoid_focal_loss``), so
 configs can swap mmdet's ``FocalLoss`` for this one with identical numbers:
 ``loss = alpha_t * q^gamma * BCE(x, t)`` with ``q = t * (1 - p) + (1 - t) * p`` and
 ``alpha_t = alpha * t + (1 - alpha) * (1 - t)``. For 0/1 targets this is the paper's formula.
+Float targets may have any shape (the logits'); ``activated=True`` takes probabilities
+instead of logits (mmdet's ``py_focal_loss_with_prob``, :func:`focal_loss_with_prob`).
 """
 from __future__ import annotations
 
