@@ -43,8 +43,10 @@ def data(tmp_path_factory):
 
 
 def _train(data, work_dir, max_epochs, **kwargs):
+    # Every checkpoint kept: the resume test continues in the cut run's work dir, and the
+    # load_from test still needs that run's epoch_1.pth afterwards.
     cfg = tiny_config(data, str(work_dir), max_epochs=max_epochs, ckpt_interval=1,
-                      atomic=False)
+                      max_keep_ckpts=-1, atomic=False)
     cfg.val_cfg = None  # resume is what is under test: skip evaluation
     cfg.val_dataloader = None
     cfg.val_evaluator = None
