@@ -95,7 +95,7 @@ class FocalBackends:
             alpha (float | None): weight of positives; ``None`` disables it.
             reduce_sum (bool): sum the loss to a 0-d tensor.
             need_grad (bool): also return ``d loss / d pred``.
-            compile_min_numel (int | None): compile CPU inputs from this many elements on;
+            compile_min_numel (int | None): compile inputs from this many elements on;
                 ``None`` never compiles.
 
         Returns:
