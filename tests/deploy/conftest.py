@@ -34,16 +34,18 @@ def textured_image(height: int, width: int, seed: int) -> np.ndarray:
         0, 255).astype(np.uint8)
 
 
-def _write_detector(cfg: Config, root: Path, name: str, bias: float, seed: int = 0
-                    ) -> Dict[str, Path]:
-    """Builds ``cfg.model`` with seeded random weights and class bias ``bias``; writes the config
-    and a checkpoint (with class names) under ``root``."""
+def _write_detector(cfg: Config, root: Path, name: str, bias: float, weight_scale: float = 1.0,
+                    seed: int = 0) -> Dict[str, Path]:
+    """Builds ``cfg.model`` with seeded random weights, class bias ``bias`` and the class
+    predictor's weights times ``weight_scale``; writes the config and a checkpoint (with class
+    names) under ``root``."""
     init_default_scope('mmdet')
     torch.manual_seed(seed)
     model = MODELS.build(cfg.model)
     model.init_weights()
     with torch.no_grad():
         model.bbox_head.retina_cls.bias.fill_(bias)
+        model.bbox_head.retina_cls.weight.mul_(weight_scale)
     classes = [f'class_{i}' for i in range(model.bbox_head.num_classes)]
     config, checkpoint = root / f'{name}.py', root / f'{name}.pth'
     cfg.dump(str(config))
@@ -58,9 +60,14 @@ def _logit(p: float) -> float:
 
 @pytest.fixture(scope='session')
 def demo_detector(tmp_path_factory) -> Dict[str, Path]:
-    """The demo detector (random weights; scores around 0.2) and its dynamic ONNX export."""
+    """The demo detector (random weights) and its dynamic ONNX export.
+
+    The class bias sits 0.62 below the logit of ``score_thr`` (0.05): on these weights a black
+    image's best logit stays below the threshold (no detections) and a textured image's best
+    ones pass it (the tests assert both).
+    """
     root = tmp_path_factory.mktemp('deploy_demo')
-    files = _write_detector(Config.fromfile(str(DEMO_CONFIG)), root, 'demo', _logit(0.2))
+    files = _write_detector(Config.fromfile(str(DEMO_CONFIG)), root, 'demo', _logit(0.05) - 0.62)
     files['onnx'] = export_onnx(files['config'], files['checkpoint'], root / 'demo.onnx',
                                 dynamic=True, input_size=(160, 160))
     return files
@@ -69,14 +76,19 @@ def demo_detector(tmp_path_factory) -> Dict[str, Path]:
 @pytest.fixture(scope='session')
 def r50_detector(tmp_path_factory) -> Dict[str, Path]:
     """The R50 RetinaNet config (random weights, test resize to 320 x 192) and its dynamic
-    ONNX export."""
+    ONNX export.
+
+    The class predictor's weights are scaled up so that scores spread over (0, 1): with the
+    init's std of 0.01 they all sit within ~1e-6 of each other, and which of them make the
+    100 kept per image would come down to float rounding.
+    """
     root = tmp_path_factory.mktemp('deploy_r50')
     cfg = Config.fromfile(str(R50_CONFIG))
     cfg.model.backbone.init_cfg = None
     for transform in cfg.test_dataloader.dataset.pipeline:
         if transform['type'] == 'Resize':
             transform['scale'] = R50_SCALE
-    files = _write_detector(cfg, root, 'r50', _logit(0.1))
+    files = _write_detector(cfg, root, 'r50', _logit(0.1), weight_scale=1000.0)
     files['onnx'] = export_onnx(files['config'], files['checkpoint'], root / 'r50.onnx',
                                 dynamic=True)
     return files

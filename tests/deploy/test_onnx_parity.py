@@ -2,12 +2,10 @@
 from typing import Dict, List
 
 import numpy as np
-import pytest
-import torch
 from mmdet.apis import inference_detector, init_detector
 
 from mmdet_retina_plugin.deploy import OnnxRetinaNet
-from tests.deploy.conftest import textured_image
+from tests.deploy.conftest import R50_SCALE, textured_image
 
 
 def torch_detections(files, images: List[np.ndarray]) -> List[Dict[str, np.ndarray]]:
@@ -21,28 +19,58 @@ def torch_detections(files, images: List[np.ndarray]) -> List[Dict[str, np.ndarr
 
 
 def assert_same_detections(ours: Dict[str, np.ndarray], ref: Dict[str, np.ndarray]) -> None:
-    """Same detections, matched as sets (exactly tied scores may come in either order)."""
-    assert ours['bboxes'].dtype == np.float32 and ours['bboxes'].shape == ref['bboxes'].shape
-    assert ours['scores'].shape == ref['scores'].shape
+    """Same labels, boxes within 1e-3 relative, scores within 1e-4, compared as sets (exactly
+    tied scores may come in either order)."""
+    assert ours['bboxes'].dtype == np.float32 and ours['labels'].dtype == np.int64
+    assert ours['bboxes'].shape == ref['bboxes'].shape
     np.testing.assert_allclose(ours['scores'], ref['scores'], rtol=0, atol=1e-4)
-    # order both by (label, rounded score, x1, y1) to compare as sets
-    def order(d):
+
+    def order(d: Dict[str, np.ndarray]) -> np.ndarray:
         return np.lexsort((d['bboxes'][:, 1], d['bboxes'][:, 0], np.round(d['scores'], 4),
                            d['labels']))
+
     a, b = order(ours), order(ref)
     np.testing.assert_array_equal(ours['labels'][a], ref['labels'][b])
     np.testing.assert_allclose(ours['bboxes'][a], ref['bboxes'][b], rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(ours['scores'][a], ref['scores'][b], rtol=0, atol=1e-4)
 
 
-# (height, width): square, landscape, portrait, and sizes that are not multiples of 32
+# (height, width): square, landscape, portrait, sizes that are not multiples of 32
 DEMO_SIZES = [(160, 160), (96, 224), (200, 120), (75, 133)]
 
 
 def test_demo_detector_matches_pytorch(demo_detector):
     images = [textured_image(h, w, seed=i) for i, (h, w) in enumerate(DEMO_SIZES)]
+    images.append(np.zeros((96, 128, 3), np.uint8))  # black: no detection
     ref = torch_detections(demo_detector, images)
+    assert all(len(r['scores']) > 0 for r in ref[:-1]) and len(ref[-1]['scores']) == 0
     runner = OnnxRetinaNet(demo_detector['onnx'])
-    for image, ours, expected in zip(images, [runner.det([im])[0] for im in images], ref):
-        assert len(expected['scores']) > 0  # the raised bias gives detections to compare
+    for image, expected in zip(images, ref):
+        assert_same_detections(runner.det([image])[0], expected)
+
+
+def test_demo_batch_matches_single_images(demo_detector):
+    # all three pad to 160 x 160 alone, so the batch holds the very inputs of single runs
+    images = [textured_image(160, 160, seed=7), textured_image(150, 140, seed=8),
+              np.zeros((130, 160, 3), np.uint8)]
+    ref = torch_detections(demo_detector, images)
+    results = OnnxRetinaNet(demo_detector['onnx']).det(images)
+    assert len(results) == 3 and len(ref[-1]['scores']) == 0
+    for ours, expected in zip(results, ref):
+        assert_same_detections(ours, expected)
+
+
+def test_r50_config_matches_pytorch(r50_detector):
+    # the test resize (320 x 192, keep_ratio) scales these by 1, 0.8 and 2 exactly, by 0.64 x
+    # 0.6417 (rounded sizes) and up from a portrait 60 x 40
+    sizes = [(192, 256), (240, 400), (96, 160), (300, 500), (60, 40)]
+    images = [textured_image(h, w, seed=10 + i) for i, (h, w) in enumerate(sizes)]
+    ref = torch_detections(r50_detector, images)
+    runner = OnnxRetinaNet(r50_detector['onnx'])
+    assert runner.meta['resize']['scale'] == list(R50_SCALE)
+    for image, expected in zip(images, ref):
+        assert len(expected['scores']) == 100  # max_per_img: NMS had plenty to do
+        assert_same_detections(runner.det([image])[0], expected)
+    # a batch of the first two (both 192 x 256 after resizing)
+    for ours, expected in zip(runner.det(images[:2]), ref[:2]):
         assert_same_detections(ours, expected)
