@@ -6,6 +6,8 @@ Subcommands::
     mmdet-retina coverage ANN.json --config CFG [--out DIR]   # anchor coverage of the gts
     mmdet-retina figures --out DIR                            # paper Figure 1 + prior table
     mmdet-retina infer IMG_OR_DIR --config CFG --checkpoint CKPT --out DIR [--score-thr 0.3]
+    mmdet-retina infer IMG_OR_DIR --onnx MODEL.onnx --out DIR       # the same, ONNX Runtime
+    mmdet-retina export CFG CKPT --out MODEL.onnx [--dynamic] [--no-postprocess] [--input-size H W]
 
 Also runnable as ``python -m mmdet_retina_plugin.tools.cli``.
 """
@@ -21,7 +23,8 @@ SUBCOMMANDS = {
     'config': ('configs', 'path of a plugin config (lists the names without NAME)'),
     'coverage': ('anchor_coverage', 'share of gt boxes without a regular positive anchor'),
     'figures': ('paper_figures', "the paper's Figure 1 and the prior-initialisation table"),
-    'infer': ('infer', 'draw detections of a checkpoint on images'),
+    'infer': ('infer', 'draw detections of a checkpoint (or an exported .onnx) on images'),
+    'export': ('mmdet_retina_plugin.deploy.cli', 'export a RetinaNetHead detector to ONNX'),
 }
 
 
@@ -35,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _tool(module: str):
+    if '.' in module:  # a full module path (the deploy package's command)
+        return importlib.import_module(module)
     return importlib.import_module(f'mmdet_retina_plugin.tools.{module}')
 
 

@@ -29,20 +29,23 @@ def list_images(img_or_dir: str | Path) -> List[Path]:
     return images
 
 
-def run_inference(img_or_dir: str | Path, config: str | Path, checkpoint: str | Path,
-                  out_dir: str | Path, score_thr: float = 0.3,
-                  device: Optional[str] = None) -> List[dict]:
+def run_inference(img_or_dir: str | Path, config: Optional[str | Path],
+                  checkpoint: Optional[str | Path], out_dir: str | Path, score_thr: float = 0.3,
+                  device: Optional[str] = None, onnx: Optional[str | Path] = None) -> List[dict]:
     """Draws the detections scoring at least ``score_thr`` on each image.
 
-    Writes ``<out_dir>/<image stem>.png`` per image and ``<out_dir>/predictions.json``.
+    Writes ``<out_dir>/<image stem>.png`` per image and ``<out_dir>/predictions.json``. With
+    ``onnx`` (a file from ``mmdet-retina export``), ONNX Runtime computes the detections with
+    the file's own pipeline and class names; ``config`` and ``checkpoint`` are then unused.
 
     Args:
         img_or_dir (str | Path): an image, or a folder of images.
-        config (str | Path): the detector's mmdet config.
-        checkpoint (str | Path): its weights.
+        config (str | Path | None): the detector's mmdet config (unused with ``onnx``).
+        checkpoint (str | Path | None): its weights (unused with ``onnx``).
         out_dir (str | Path): where the drawings and ``predictions.json`` go.
         score_thr (float): lowest score drawn and kept, in [0, 1].
         device (Optional[str]): torch device; the first GPU if there is one, else the CPU.
+        onnx (str | Path | None): an exported ``.onnx`` file to run with ONNX Runtime instead.
 
     Returns:
         List[dict]: one dict per image: ``file``, ``out_file`` and the kept detections as ``bboxes``
@@ -51,25 +54,46 @@ def run_inference(img_or_dir: str | Path, config: str | Path, checkpoint: str | 
     """
     if not 0.0 <= score_thr <= 1.0:
         raise ValueError(f'score_thr must be in [0, 1], got {score_thr}')
+    if onnx is None and (config is None or checkpoint is None):
+        raise ValueError('config and checkpoint are required without onnx')
     import mmcv
     import torch
-    from mmdet.apis import inference_detector, init_detector
     from mmdet.visualization import DetLocalVisualizer
 
     import mmdet_retina_plugin  # noqa: F401  (registers our modules for the config)
 
     images = list_images(img_or_dir)
-    device = device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
-    model = init_detector(str(config), str(checkpoint), device=device)
+    if onnx is None:
+        from mmdet.apis import inference_detector, init_detector
+        device = device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
+        model = init_detector(str(config), str(checkpoint), device=device)
+        dataset_meta = model.dataset_meta
+
+        def predict(path: Path):
+            return inference_detector(model, str(path))
+    else:
+        from mmdet.structures import DetDataSample
+        from mmengine.structures import InstanceData
+
+        from ..deploy import OnnxRetinaNet
+        runner = OnnxRetinaNet(onnx)
+        dataset_meta = dict(classes=runner.classes)
+
+        def predict(path: Path):
+            det = runner.det([mmcv.imread(str(path))])[0]
+            sample = DetDataSample()
+            sample.pred_instances = InstanceData(
+                **{k: torch.from_numpy(v) for k, v in det.items()})
+            return sample
     # a unique name: mmengine keeps visualizers in a global, name-keyed registry
     visualizer = DetLocalVisualizer(name=f'mmdet_retina_infer_{uuid.uuid4().hex}')
-    visualizer.dataset_meta = model.dataset_meta
-    classes = list(model.dataset_meta.get('classes', ()))
+    visualizer.dataset_meta = dataset_meta
+    classes = list(dataset_meta.get('classes', ()))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for image_path in images:
-        result = inference_detector(model, str(image_path))
+        result = predict(image_path)
         out_file = out / f'{image_path.stem}.png'
         image = mmcv.imread(str(image_path), channel_order='rgb')
         visualizer.add_datasample(image_path.name, image, result, draw_gt=False, show=False,
@@ -87,8 +111,10 @@ def run_inference(img_or_dir: str | Path, config: str | Path, checkpoint: str | 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('img_or_dir', help='an image or a folder of images')
-    parser.add_argument('--config', required=True)
-    parser.add_argument('--checkpoint', required=True)
+    parser.add_argument('--config', help='required without --onnx')
+    parser.add_argument('--checkpoint', help='required without --onnx')
+    parser.add_argument('--onnx', default=None,
+                        help='a file from mmdet-retina export: ONNX Runtime instead of PyTorch')
     parser.add_argument('--out', required=True, help='folder for the PNGs and predictions.json')
     parser.add_argument('--score-thr', type=float, default=0.3)
     parser.add_argument('--device', default=None, help='defaults to cuda:0 when available')
@@ -96,4 +122,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> List[dict]:
     return run_inference(args.img_or_dir, args.config, args.checkpoint, args.out,
-                         args.score_thr, args.device)
+                         args.score_thr, args.device, onnx=args.onnx)

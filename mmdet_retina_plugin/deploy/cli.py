@@ -1,0 +1,32 @@
+"""``mmdet-retina export``: a detector checkpoint to one ONNX graph (see :func:`.export_onnx`)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('config', help='detector config (its bbox_head must be RetinaNetHead)')
+    parser.add_argument('checkpoint', help='its weights')
+    parser.add_argument('--out', required=True, help='the .onnx file to write')
+    parser.add_argument('--opset', type=int, default=17)
+    parser.add_argument('--no-postprocess', action='store_true',
+                        help='raw per-level class logits and box deltas, plus the anchors')
+    parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'), default=None,
+                        help='example / fixed input size (default: the test resize, padded)')
+    parser.add_argument('--dynamic', action='store_true',
+                        help='free batch size, height and width (multiples of the pad divisor)')
+    parser.add_argument('--batch-size', type=int, default=1,
+                        help='the fixed batch size without --dynamic')
+    parser.add_argument('--dynamo', action='store_true',
+                        help="torch.onnx.export's dynamo exporter instead of the TorchScript one")
+
+
+def main(args: argparse.Namespace) -> Path:
+    from .export import export_onnx
+
+    out = export_onnx(args.config, args.checkpoint, args.out, opset=args.opset,
+                      postprocess=not args.no_postprocess, input_size=args.input_size,
+                      dynamic=args.dynamic, batch_size=args.batch_size, dynamo=args.dynamo)
+    print(f'-> {out}')
+    return out
