@@ -299,11 +299,12 @@ def test_is_compiling_without_the_api(monkeypatch):
     # torch.compiler.is_compiling appeared in torch 2.3 (torch._dynamo's older one may go);
     # installs without them must not break.
     assert focal_backends.is_compiling() is False
+    dynamo = torch._dynamo  # imported now: its import needs torch.compiler.is_compiling
     monkeypatch.delattr(torch.compiler, 'is_compiling')
     for value in (True, False):
-        monkeypatch.setattr(torch._dynamo, 'is_compiling', lambda: value)
+        monkeypatch.setattr(dynamo, 'is_compiling', lambda: value)
         assert focal_backends.is_compiling() is value
-    monkeypatch.delattr(torch._dynamo, 'is_compiling')
+    monkeypatch.delattr(dynamo, 'is_compiling')
     assert focal_backends.is_compiling() is False
     pred, labels, _ = make_inputs(seed=13)
     ours = run(RetinaFocalLoss(compile_min_numel=None), pred, labels)
