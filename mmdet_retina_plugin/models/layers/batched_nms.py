@@ -44,7 +44,10 @@ def _shifted_boxes(boxes: Tensor, labels: Tensor, img_ids: Tensor,
     """mmcv ``batched_nms``'s class offsets, computed per image as mmdet's per-image call does.
 
     Args:
-        boxes: ``(N, 4)`` x1y1x2y2; labels, img_ids: ``(N,)``.
+        boxes (Tensor): ``(N, 4)`` x1y1x2y2.
+        labels (Tensor): ``(N,)`` class ids.
+        img_ids (Tensor): ``(N,)`` image of each box.
+        num_imgs (int): batch size.
 
     Returns:
         ``(N, 4)``: ``boxes + label * (max coordinate of the box's image + 1)``.
@@ -60,7 +63,9 @@ def _group_pairs(group_end: Tensor, start: int, end: int) -> Tuple[Tensor, Tenso
     """All ``(earlier, later)`` pairs inside groups, for earlier boxes ``start..end-1``.
 
     Args:
-        group_end: ``(N,)`` for each sorted box, one past the last box of its group.
+        group_end (Tensor): ``(N,)`` for each sorted box, one past the last box of its group.
+        start (int): first earlier box.
+        end (int): one past the last earlier box.
 
     Returns:
         ``src`` and ``dst`` ``(P,)``: sorted-box indices with ``src < dst`` in one group.
@@ -83,8 +88,10 @@ def _suppression_edges(boxes: Tensor, counts: Tensor, iou_threshold: float,
     ``area = (x2 - x1 + offset) * (y2 - y1 + offset)``, all in the boxes' dtype.
 
     Args:
-        boxes: ``(N, 4)`` shifted boxes, sorted by group then score.
-        counts: ``(G,)`` group sizes in that order.
+        boxes (Tensor): ``(N, 4)`` shifted boxes, sorted by group then score.
+        counts (Tensor): ``(G,)`` group sizes in that order.
+        iou_threshold (float): pairs with a larger IoU are edges.
+        offset (int): mmcv's pixel offset (0 or 1).
     """
     x1, y1, x2, y2 = boxes.unbind(1)
     areas = (x2 - x1 + offset) * (y2 - y1 + offset)

@@ -49,8 +49,9 @@ class AnchorCache:
         """Anchors of all levels.
 
         Args:
-            featmap_sizes: ``(Hi, Wi)`` of each level.
-            device, dtype: of the returned anchors.
+            featmap_sizes (SizeList): ``(Hi, Wi)`` of each level.
+            device (torch.device): device of the returned anchors.
+            dtype (torch.dtype): dtype of the returned anchors.
 
         Returns:
             ``flat`` of shape ``(sum(Hi*Wi*A), 4)`` (x1, y1, x2, y2; level-major, then row,
@@ -70,8 +71,10 @@ class AnchorCache:
         """Per-image validity of every anchor (False where it sits on batch padding).
 
         Args:
-            featmap_sizes: ``(Hi, Wi)`` of each level.
-            pad_shapes: each image's own padded shape ``(h, w, ...)`` (``img_meta['pad_shape']``).
+            featmap_sizes (SizeList): ``(Hi, Wi)`` of each level.
+            pad_shapes (Sequence[Tuple[int, ...]]): each image's own padded shape
+                ``(h, w, ...)`` (``img_meta['pad_shape']``).
+            device (torch.device): device of the returned flags.
 
         Returns:
             Bool tensor of shape ``(B, sum(Hi*Wi*A))``, ordered like :meth:`anchors`.
