@@ -904,7 +904,7 @@ def _map(func: Any, tasks: List[Any], workers: int, log: Any) -> List[Any]:
         for index, result in enumerate(results, 1):
             out.append(result)
             if index % 25 == 0:
-                log(f'  {index}/{len(tasks)} models checked ({time.time() - start:.0f} s)')
+                log(f'  {index}/{len(tasks)} done ({time.time() - start:.0f} s)')
     finally:
         if pool is not None:
             pool.shutdown()
@@ -1014,7 +1014,11 @@ def run_sweep(rel_paths: Sequence[str], everything: bool, workers: int = 1,
         entries += family_entries
         if record is not None:
             steps[name] = record
-            log(f'{name}: {record["config"]}: step {_step_status(record)}')
+            failed = sorted({f'{e["config"]} [{s}]: {"; ".join(errs)}' for e in family_entries
+                             if 'result' in e for s, errs in e['result']['swaps'].items()
+                             if errs})
+            log(f'{name}: {record["config"]}: step {_step_status(record)}'
+                + ''.join(f'\n  build FAIL {line}' for line in failed))
     log(f'families done in {time.time() - start:.0f} s')
     return {'total': len(rel_paths), 'configs': sorted(entries, key=lambda e: e['config']),
             'steps': steps}
