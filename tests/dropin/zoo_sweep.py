@@ -325,14 +325,15 @@ def build_model(model_cfg: dict, device: str = 'meta') -> torch.nn.Module:
         torch.nn.Module: the detector.
     """
     from mmdet.registry import MODELS
-    with _mmdet_scope():
+    from mmengine.config import ConfigDict
+    with _mmdet_scope():  # a ConfigDict: detectors read ``train_cfg.rpn`` as attributes
         if device == 'meta':
             try:
                 with torch.device('meta'):
-                    return MODELS.build(copy.deepcopy(model_cfg))
+                    return MODELS.build(ConfigDict(copy.deepcopy(model_cfg)))
             except Exception:  # noqa: BLE001  (some modules compute values while they build)
                 pass
-        return MODELS.build(copy.deepcopy(model_cfg))
+        return MODELS.build(ConfigDict(copy.deepcopy(model_cfg)))
 
 
 def state_signature(model: torch.nn.Module) -> Dict[str, Tuple[Tuple[int, ...], str]]:
