@@ -435,6 +435,27 @@ def _assign_case(seed: int, num_gts: int) -> Tuple[Any, Any, Any]:
     return InstanceData(priors=priors), InstanceData(bboxes=gts, labels=labels), ignore
 
 
+def _build_pair(registry: Any, stock_cfg: dict, ours_cfg: dict) -> Tuple[Any, Any, List[str]]:
+    """Builds a stock dict and its swapped twin from ``registry``.
+
+    Returns:
+        tuple: stock, ours, and why they could not be built ([] when both are, and ours is of
+        the class its config names).
+    """
+    with _mmdet_scope():
+        try:
+            stock = registry.build(copy.deepcopy(stock_cfg))
+        except Exception as exc:  # noqa: BLE001
+            return None, None, [f'stock {stock_cfg["type"]} does not build: {_short_error(exc)}']
+        try:
+            ours = registry.build(copy.deepcopy(ours_cfg))
+        except Exception as exc:  # noqa: BLE001
+            return None, None, [f'{ours_cfg} does not build: {_short_error(exc)}']
+    if type(ours).__name__ != _split_type(ours_cfg['type'])[1]:
+        return None, None, [f'{registry.name} built {type(ours).__name__} for {ours_cfg["type"]}']
+    return stock, ours, []
+
+
 def compare_assigner(stock_cfg: dict, ours_cfg: dict) -> List[str]:
     """Builds both assigner dicts through ``TASK_UTILS`` and compares their assignments.
 
@@ -450,18 +471,9 @@ def compare_assigner(stock_cfg: dict, ours_cfg: dict) -> List[str]:
         list[str]: the differences ([] when none).
     """
     from mmdet.registry import TASK_UTILS
-    with _mmdet_scope():
-        try:
-            stock = TASK_UTILS.build(copy.deepcopy(stock_cfg))
-        except Exception as exc:  # noqa: BLE001
-            return [f'stock assigner does not build: {_short_error(exc)}']
-        try:
-            ours = TASK_UTILS.build(copy.deepcopy(ours_cfg))
-        except Exception as exc:  # noqa: BLE001
-            return [f'assigner {ours_cfg} does not build: {_short_error(exc)}']
-    if type(ours).__name__ != _split_type(ours_cfg['type'])[1]:
-        return [f'TASK_UTILS built {type(ours).__name__} for {ours_cfg["type"]}']
-    errors = []
+    stock, ours, errors = _build_pair(TASK_UTILS, stock_cfg, ours_cfg)
+    if errors:
+        return errors
     for case, num_gts in enumerate((12, 1, 0)):
         results = []
         for side in (stock, ours):
@@ -502,18 +514,9 @@ def compare_loss(stock_cfg: dict, ours_cfg: dict) -> List[str]:
         list[str]: the differences ([] when none).
     """
     from mmdet.registry import MODELS
-    with _mmdet_scope():
-        try:
-            stock = MODELS.build(copy.deepcopy(stock_cfg))
-        except Exception as exc:  # noqa: BLE001
-            return [f'stock loss does not build: {_short_error(exc)}']
-        try:
-            ours = MODELS.build(copy.deepcopy(ours_cfg))
-        except Exception as exc:  # noqa: BLE001
-            return [f'loss {ours_cfg} does not build: {_short_error(exc)}']
-    if type(ours).__name__ != _split_type(ours_cfg['type'])[1]:
-        return [f'MODELS built {type(ours).__name__} for {ours_cfg["type"]}']
-    errors = []
+    stock, ours, errors = _build_pair(MODELS, stock_cfg, ours_cfg)
+    if errors:
+        return errors
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(64, 7, generator=gen) * 3
     labels = torch.randint(0, 8, (64,), generator=gen)
