@@ -4,6 +4,7 @@ import sys
 from typing import Iterator
 
 import pytest
+import torch
 from mmdet.utils import register_all_modules
 from mmengine.registry import DefaultScope
 
@@ -22,3 +23,16 @@ def mmdet_default_scope() -> Iterator[None]:
     """
     with DefaultScope.overwrite_default_scope('mmdet'):
         yield
+
+
+@pytest.fixture(scope='module')
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for a module of small tensor ops.
+
+    On a shared, oversubscribed CPU, OpenMP spin-waiting makes 2 threads many times slower than
+    1 for small convs and elementwise passes.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -41,14 +41,8 @@ def config_id(path: Path) -> str:
 
 
 @pytest.fixture(scope='module', autouse=True)
-def mmdet_scope_one_thread():
+def mmdet_scope(one_torch_thread):
     register_all_modules(init_default_scope=True)
-    # One intra-op thread: on a shared, oversubscribed CPU OpenMP spin-waiting makes 2 threads
-    # ~10x slower than 1 for these small convs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_batch(num_classes: int) -> Dict[str, list]:

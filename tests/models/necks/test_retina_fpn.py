@@ -18,14 +18,7 @@ IN_CHANNELS = [8, 16, 32, 64]  # C2-C5 of a scaled-down ResNet
 GN = dict(type='GN', num_groups=4)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    # One intra-op thread: on a shared, oversubscribed CPU OpenMP spin-waiting makes 2 threads
-    # many times slower than 1 for these small convs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def backbone_maps(h: int, w: int, batch: int = 2, in_channels: List[int] = IN_CHANNELS,

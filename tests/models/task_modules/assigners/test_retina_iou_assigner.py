@@ -56,14 +56,7 @@ OPTION_CONFIGS = {
 }
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    # One intra-op thread: on a shared, oversubscribed CPU OpenMP spin-waiting makes 2 threads
-    # many times slower than 1 for these small tensors.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def _boxes(n: int, gen: torch.Generator, extent: float = 64.0, max_wh: float = 40.0
