@@ -32,7 +32,7 @@ from bench.harness import measure_pair, report
 REPO = Path(__file__).resolve().parents[1]
 CASES = {
     # name: (stock config, our config, image (h, w))
-    'r50': ('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
+    'r50': ('retinanet/retinanet_r50_fpn_1x_coco.py',  # in mmdet's own configs
             str(REPO / 'configs/retinanet/retina-plugin_r50_fpn_1x_coco.py'), (800, 1216)),
     'demo': (str(REPO / 'configs/demo/retinanet_shapes_stock.py'),
              str(REPO / 'configs/demo/retinanet_shapes.py'), (160, 160)),
@@ -40,8 +40,10 @@ CASES = {
 
 
 def _build(config: str, state_dict=None):
+    import mmdet
     from mmdet.apis import init_detector
-    cfg = Config.fromfile(config)
+    mmdet_configs = Path(mmdet.__file__).parent / '.mim' / 'configs'
+    cfg = Config.fromfile(config if Path(config).is_absolute() else str(mmdet_configs / config))
     cfg.model.backbone.init_cfg = None
     model = init_detector(cfg, None, device='cpu')
     if state_dict is None:
