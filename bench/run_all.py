@@ -10,8 +10,8 @@ from pathlib import Path
 
 
 def main(argv=None) -> None:
-    names = sorted(m.name[len('bench_'):] for m in pkgutil.iter_modules([str(Path(__file__).parent)])
-                   if m.name.startswith('bench_'))
+    modules = pkgutil.iter_modules([str(Path(__file__).parent)])
+    names = sorted(m.name[len('bench_'):] for m in modules if m.name.startswith('bench_'))
     wanted = (argv if argv is not None else sys.argv[1:]) or names
     unknown = sorted(set(wanted) - set(names))
     if unknown:
