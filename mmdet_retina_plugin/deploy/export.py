@@ -96,7 +96,6 @@ class RetinaNetGraph(nn.Module):
             raise ValueError(f'model.bbox_head must be RetinaNetHead (mmdet_retina_plugin) to be '
                              f'exported, got {type(head).__name__}')
         self.detector = detector
-        self.head = head
         self.bgr_to_rgb = bgr_to_rgb
         self.postprocess = postprocess
         self.settings = check_test_cfg(head.test_cfg) if postprocess else None
@@ -104,6 +103,11 @@ class RetinaNetGraph(nn.Module):
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         # the exporters restore the module's own mode afterwards: make it eval, for the detector
         self.eval()
+
+    @property
+    def head(self) -> RetinaNetHead:
+        """The detector's head (not registered a second time as a submodule of this graph)."""
+        return self.detector.bbox_head
 
     def raw_outputs(self, images: Tensor) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
         """Normalises ``images`` and runs the network.

@@ -505,13 +505,7 @@ def compare_loss(stock_cfg: dict, ours_cfg: dict) -> List[str]:
     Inputs: 64 x 7 logits (probabilities when the config says ``activated=True``) with class
     indices in [0, 7] (7 = background) or one-hot targets, per-sample weights and an
     ``avg_factor``, under the config's reduction and under ``reduction_override='none'``.
-
-    Args:
-        stock_cfg (dict): an mmdet ``FocalLoss`` dict from a config.
-        ours_cfg (dict): the same dict with our type.
-
-    Returns:
-        list[str]: the differences ([] when none).
+    Arguments and result as :func:`compare_assigner`'s, with ``FocalLoss`` dicts.
     """
     from mmdet.registry import MODELS
     stock, ours, errors = _build_pair(MODELS, stock_cfg, ours_cfg)
