@@ -29,7 +29,7 @@ bench: env
 	$(PY) -m bench.run_all
 
 # our modules swapped into every mmdet config that uses FPN/FocalLoss/MaxIoUAssigner/RetinaHead
-# (the test suite checks one config of each of 18 families): counts in work_dirs/dropin/report.{md,json}
+# (the test suite checks one config of each of 12 families): counts in work_dirs/dropin/report.{md,json}
 DROPIN_WORKERS ?= 2
 dropin: env
 	$(PY) tests/dropin/zoo_sweep.py --all --workers $(DROPIN_WORKERS) --out work_dirs/dropin

@@ -27,6 +27,9 @@ def box_areas(boxes: Tensor) -> Tensor:
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
+# Assignment needs IoU values, not their gradient; boxes that require grad (RepPoints assigns its
+# predicted boxes) would also refuse the in-place and out= ops below.
+@torch.no_grad()
 def pairwise_overlaps(boxes1: Tensor, boxes2: Tensor, mode: str = 'iou', eps: float = 1e-6,
                       area1: Tensor | None = None, area2: Tensor | None = None) -> Tensor:
     """IoU (or IoF w.r.t. ``boxes1``) of every box pair, equal to mmdet's ``bbox_overlaps``.
