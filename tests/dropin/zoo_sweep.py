@@ -924,25 +924,29 @@ def _family_task(args: Tuple[List[str], Dict[str, Dict[str, Any]]]
     """
     paths, done = args
     entries = dict(done)
-    for rel in paths:
+
+    def checked(rel: str) -> Optional[Dict[str, Any]]:
+        """The config's entry with its build checks, None when it does not use the types."""
         if rel not in entries:
             entries[rel] = load_config(rel)
         entry = entries[rel]
         if not entry['types']:
-            continue
+            return None
         if 'result' not in entry:
             entry['result'] = check_builds(entry['model'], entry.get('custom_imports'))
+        return entry
+
+    for rel in paths:
+        entry = checked(rel)
+        if entry is None:
+            continue
         if not entry['result']['stock']:
             break
     record: Dict[str, Any] = {'config': None, 'tried': []}
     for rel in paths:
-        if rel not in entries:
-            entries[rel] = load_config(rel)
-        entry = entries[rel]
-        if not entry['types']:
+        entry = checked(rel)
+        if entry is None:
             continue
-        if 'result' not in entry:
-            entry['result'] = check_builds(entry['model'], entry.get('custom_imports'))
         if entry['result']['stock']:
             continue
         step = check_step(entry['model'], entry.get('custom_imports'))
