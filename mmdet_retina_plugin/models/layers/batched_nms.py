@@ -13,7 +13,12 @@ Here all images go through one call:
 * greedy suppression (a box survives iff no surviving earlier box of its group overlaps it by
   more than the threshold) is resolved for all groups at once by a fixed-point iteration over the
   suppression edges: in each round every undecided box whose earlier neighbours are all decided
-  is decided, so the rounds number the longest chain of overlaps, not the boxes.
+  is decided, so the rounds number the longest chain of overlaps, not the boxes;
+* a group larger than ``_KERNEL_MIN_GROUP`` goes alone through mmcv's compiled ``nms`` kernel
+  instead (same shifted boxes, so the same IoUs): its greedy loop skips suppressed boxes and
+  costs ``n * kept`` instead of all ``n^2 / 2`` pairs, which outweighs one call per group only
+  for large groups (e.g. the thousands of candidates of one class of a detector with few
+  classes, or with random weights).
 
 Boxes with equal scores are ordered by their index (a stable sort); mmcv's kernel sorts scores
 with an unspecified order for ties, so only exactly tied scores can differ.
@@ -23,7 +28,10 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from mmcv.utils import ext_loader
 from torch import Tensor
+
+_ext = ext_loader.load_ext('_ext', ['nms'])
 
 # nms_cfg keys this implementation honours; any other key (or another ``type``) makes the
 # caller fall back to mmcv's ``batched_nms`` image by image.
@@ -31,6 +39,9 @@ SUPPORTED_KEYS = frozenset({'type', 'iou_threshold', 'class_agnostic', 'split_th
 # Pairs of boxes whose IoU is computed at once: bounds memory (~40 bytes per pair) when one
 # class holds thousands of candidates.
 _PAIR_CHUNK = 1 << 21
+# Groups with more boxes than this use mmcv's kernel (about where one kernel call, ~0.1 ms,
+# costs what the all-pairs IoUs of the group cost on a CPU core).
+_KERNEL_MIN_GROUP = 128
 
 
 def supports(nms_cfg: Dict) -> bool:
@@ -140,6 +151,35 @@ def _greedy(num: int, src: Tensor, dst: Tensor) -> Tensor:
             return state == kept
 
 
+def _greedy_by_group(boxes: Tensor, scores: Tensor, counts: Tensor, iou_threshold: float,
+                     offset: int) -> Tensor:
+    """Greedy NMS inside each group: small groups together on their suppression edges, each
+    large group through mmcv's kernel.
+
+    Args:
+        boxes (Tensor): ``(N, 4)`` shifted boxes, sorted by group then score.
+        scores (Tensor): ``(N,)`` in the same order (descending within a group).
+        counts (Tensor): ``(G,)`` group sizes in that order.
+        iou_threshold (float): mmcv's threshold.
+        offset (int): mmcv's pixel offset (0 or 1).
+
+    Returns:
+        ``(N,)`` bool, True for surviving boxes.
+    """
+    kept = torch.zeros(boxes.size(0), dtype=torch.bool, device=boxes.device)
+    large = counts > _KERNEL_MIN_GROUP
+    small = (~large).repeat_interleave(counts).nonzero().squeeze(1)
+    if small.numel():
+        src, dst = _suppression_edges(boxes[small], counts[~large], iou_threshold, offset)
+        kept[small] = _greedy(small.numel(), src, dst)
+    starts = counts.cumsum(0) - counts
+    for start, size in zip(starts[large].tolist(), counts[large].tolist()):
+        end = start + size
+        kept[start + _ext.nms(boxes[start:end], scores[start:end],
+                              iou_threshold=iou_threshold, offset=offset)] = True
+    return kept
+
+
 def batched_nms_batch(boxes: Tensor, scores: Tensor, labels: Tensor, img_ids: Tensor,
                       num_imgs: int, nms_cfg: Dict, max_per_img: Optional[int] = None
                       ) -> List[Tensor]:
@@ -178,9 +218,8 @@ def batched_nms_batch(boxes: Tensor, scores: Tensor, labels: Tensor, img_ids: Te
     order = scores.argsort(descending=True, stable=True)
     order = order[group[order].argsort(stable=True)]
     counts = torch.unique_consecutive(group[order], return_counts=True)[1]
-    src, dst = _suppression_edges(boxes[order], counts, float(nms_cfg['iou_threshold']),
-                                  int(nms_cfg.get('offset', 0)))
-    keep = order[_greedy(num, src, dst)]
+    keep = order[_greedy_by_group(boxes[order], scores[order].to(boxes.dtype), counts,
+                                  float(nms_cfg['iou_threshold']), int(nms_cfg.get('offset', 0)))]
     # per image, by descending score, as mmcv returns them
     keep = keep[scores[keep].argsort(descending=True, stable=True)]
     keep = keep[img_ids[keep].argsort(stable=True)]

@@ -55,7 +55,9 @@ def run_ours(images, nms_cfg, max_per_img=None):
 ])
 @pytest.mark.parametrize('sizes,num_classes', [((300, 0, 57, 1), 80), ((800, 600), 3),
                                                ((1500,), 1)])
-def test_equals_mmcv_per_image(nms_cfg, sizes, num_classes):
+@pytest.mark.parametrize('kernel_min_group', [0, 128, 10 ** 9])  # all kernel, mixed, all pairs
+def test_equals_mmcv_per_image(nms_cfg, sizes, num_classes, kernel_min_group, monkeypatch):
+    monkeypatch.setattr(bn, '_KERNEL_MIN_GROUP', kernel_min_group)
     g = torch.Generator().manual_seed(sum(sizes) + num_classes)
     images = [clustered_boxes(n, num_classes, g) for n in sizes]
     expected = per_image_mmcv(images, nms_cfg)
@@ -84,6 +86,7 @@ def test_pair_chunks_give_the_same_result(monkeypatch):
     g = torch.Generator().manual_seed(4)
     images = [clustered_boxes(600, 2, g), clustered_boxes(500, 2, g)]
     cfg = dict(type='nms', iou_threshold=0.5)
+    monkeypatch.setattr(bn, '_KERNEL_MIN_GROUP', 10 ** 9)  # every group on the pairs path
     whole = run_ours(images, cfg)
     monkeypatch.setattr(bn, '_PAIR_CHUNK', 997)  # ~100 chunks, including partial groups
     for a, b in zip(whole, run_ours(images, cfg)):
