@@ -29,6 +29,7 @@ from zoo_sweep import (
     count_types,
     discover,
     family,
+    load_config,
     may_use_types,
     neutralise_downloads,
     run_sweep,
@@ -86,6 +87,17 @@ def test_downloads_are_neutralised_and_nothing_else():
     assert out['bbox_head']['init_cfg'] == MODEL['bbox_head']['init_cfg']
     out['backbone']['init_cfg'] = MODEL['backbone']['init_cfg']
     assert out == MODEL
+
+
+def test_distillation_teacher_config_is_inlined_and_swapped():
+    # mmdet's LD detectors name the teacher by a config file; its FPN must be swapped too
+    entry = load_config('ld/ld_r18-gflv1-r101_fpn_1x_coco.py')
+    teacher = entry['model']['teacher_config']
+    assert isinstance(teacher, dict) and teacher['model']['neck']['type'] == 'FPN'
+    assert entry['types']['FPN'] == 2  # the student's and the teacher's
+    swapped = swap_types(entry['model'], ('FPN',))
+    assert swapped['teacher_config']['model']['neck']['type'] == 'RetinaFPN'
+    assert swapped['neck']['type'] == 'RetinaFPN'
 
 
 def test_text_prune_keeps_users_of_the_types_and_drops_the_others():

@@ -16,7 +16,8 @@ sweep swaps only the type names, each type alone and all four together, builds m
 
 For one config per config folder ("family"), the detector with all four swapped also runs one
 training step against stock: stock is built on the CPU and initialised (``Pretrained`` init_cfgs
-neutralised on both sides), ours loads stock's state_dict with ``strict=True``, both get the same
+neutralised on both sides), ours loads stock's state_dict with ``strict=True`` (and a distillation
+teacher's, which mmdet keeps out of the state_dict), both get the same
 seeded batch of two random images with random boxes, masks and semantic maps, and the same RNG
 state before their step. Criteria: the same loss names, each loss within 1e-4 relative (plus
 1e-7 absolute for exact zeros); the same parameters receive gradients, and for each parameter
@@ -262,8 +263,7 @@ def neutralise_downloads(model_cfg: Any, root: Optional[str] = None) -> Any:
     """A copy of the model config that downloads nothing when it is built and initialised.
 
     ``init_cfg`` of type ``Pretrained`` becomes None (or is dropped from a list of init_cfgs),
-    string ``pretrained`` arguments and knowledge-distillation ``teacher_ckpt`` become None, and
-    a ``teacher_config`` given relative to mmdet's repository is resolved in mmdet's package.
+    and string ``pretrained`` arguments and knowledge-distillation ``teacher_ckpt`` become None.
     Applied identically to stock and ours.
 
     Args:
@@ -286,9 +286,37 @@ def neutralise_downloads(model_cfg: Any, root: Optional[str] = None) -> Any:
             d['pretrained'] = None
         if isinstance(d.get('teacher_ckpt'), str):
             d['teacher_ckpt'] = None
+    return out
+
+
+def inline_teachers(model_cfg: Any, root: Optional[str] = None) -> Any:
+    """A copy of the model config whose knowledge-distillation ``teacher_config`` files are
+    replaced by ``{'model': <the teacher's model dict>}`` (mmdet's ``KnowledgeDistillation*``
+    detectors take either), so the teacher's types are counted and swapped with the student's.
+
+    A path relative to mmdet's repository (``configs/...``) is read from mmdet's package.
+
+    Args:
+        model_cfg: the ``model`` dict of a config.
+        root (str, optional): the config folder; :func:`config_root` when None.
+
+    Returns:
+        the copy.
+
+    Raises:
+        ValueError: a teacher config that cannot be parsed (as stock would fail to build).
+    """
+    root = root or config_root()
+    out = copy.deepcopy(model_cfg)
+    for d in list(_walk_dicts(out)):
         teacher = d.get('teacher_config')
-        if isinstance(teacher, str) and teacher.startswith('configs/'):
-            d['teacher_config'] = osp.join(osp.dirname(root), teacher)
+        if isinstance(teacher, str):
+            path = osp.join(osp.dirname(root), teacher) if teacher.startswith('configs/') \
+                else teacher
+            model, _, error = load_model_cfg(osp.relpath(path, root), root)
+            if error or not isinstance(model, dict):
+                raise ValueError(f'teacher_config {teacher!r}: {error or "no model"}')
+            d['teacher_config'] = {'model': inline_teachers(model, root)}
     return out
 
 
@@ -778,6 +806,15 @@ def compare_steps(stock: Tuple[Dict[str, float], Dict[str, torch.Tensor]],
     return errors, worst
 
 
+def _detached_teacher(model: torch.nn.Module) -> Optional[torch.nn.Module]:
+    """A distillation teacher kept outside the state_dict (mmdet's ``KnowledgeDistillation*``
+    detectors hold it as a plain attribute), or None."""
+    teacher = getattr(model, 'teacher_model', None)
+    if isinstance(teacher, torch.nn.Module) and 'teacher_model' not in dict(model.named_children()):
+        return teacher
+    return None
+
+
 def check_step(model_cfg: dict, custom_imports: Optional[dict] = None,
                names: Sequence[str] = tuple(SWAPS), seed: int = 0) -> Dict[str, Any]:
     """One training step of stock and of ours (the given types swapped) with shared weights.
@@ -802,6 +839,8 @@ def check_step(model_cfg: dict, custom_imports: Optional[dict] = None,
         stock = build_model(model_cfg, device='cpu')
         stock.init_weights()
         weights = copy.deepcopy(stock.state_dict())
+        teacher = _detached_teacher(stock)
+        teacher_weights = None if teacher is None else copy.deepcopy(teacher.state_dict())
         stock_step = run_step(stock, model_cfg, seed)
     except Exception as exc:  # noqa: BLE001
         out['stock'] = f'stock step: {_short_error(exc)}'
@@ -814,6 +853,8 @@ def check_step(model_cfg: dict, custom_imports: Optional[dict] = None,
     try:
         ours = build_model(ours_cfg, device='cpu')
         ours.load_state_dict(weights, strict=True)
+        if teacher_weights is not None:
+            _detached_teacher(ours).load_state_dict(teacher_weights, strict=True)
         ours_step = run_step(ours, ours_cfg, seed)
     except Exception as exc:  # noqa: BLE001
         out['errors'] = [f'ours step: {_short_error(exc)}']
@@ -865,6 +906,11 @@ def load_config(rel_path: str, root: Optional[str] = None) -> Dict[str, Any]:
     entry: Dict[str, Any] = {'config': rel_path, 'family': family(rel_path), 'types': {}}
     if may_use_types(rel_path, root):
         model, imports, error = load_model_cfg(rel_path, root)
+        if not error and isinstance(model, dict):
+            try:
+                model = inline_teachers(model, root)
+            except ValueError as exc:
+                error = _short_error(exc)
         if error:
             entry['load_error'] = error
         elif isinstance(model, dict):
