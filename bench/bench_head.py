@@ -120,8 +120,7 @@ def main() -> None:
 
         rows.append({'case': f'predict 2x800x1216, {density} above thr',
                      **measure_pair(predict(stock), predict(ours), args.repeats)})
-    report('bench_head', rows, notes=f'CPU, torch threads={torch.get_num_threads()}; '
-           'machine shared with other jobs: expect noise')
+    report('bench_head', rows, notes=f'CPU, torch threads={torch.get_num_threads()}')
 
 
 if __name__ == '__main__':

@@ -8,6 +8,8 @@ import pkgutil
 import sys
 from pathlib import Path
 
+import torch
+
 
 def main(argv=None) -> None:
     modules = pkgutil.iter_modules([str(Path(__file__).parent)])
@@ -16,7 +18,10 @@ def main(argv=None) -> None:
     unknown = sorted(set(wanted) - set(names))
     if unknown:
         raise SystemExit(f'unknown benchmark(s) {unknown}; available: {names}')
+    threads = torch.get_num_threads()
     for name in wanted:
+        # a benchmark may pin torch to fewer threads (the assigner's --threads): not the next one
+        torch.set_num_threads(threads)
         # each benchmark parses its own options from sys.argv: give it none of ours
         sys.argv = [f'bench_{name}']
         importlib.import_module(f'bench.bench_{name}').main()
