@@ -17,11 +17,12 @@ sweep swaps only the type names, each type alone and all four together, builds m
 For one config per config folder ("family"), the detector with all four swapped also runs one
 training step against stock: stock is built on the CPU and initialised (``Pretrained`` init_cfgs
 neutralised on both sides), ours loads stock's state_dict with ``strict=True`` (and a distillation
-teacher's, which mmdet keeps out of the state_dict), both get the same
-seeded batch of two random images with random boxes, masks and semantic maps, and the same RNG
-state before their step. Criteria: the same loss names, each loss within 1e-4 relative (plus
-1e-7 absolute for exact zeros); the same parameters receive gradients, and for each parameter
-tensor ``|g_ours - g_stock|_2 <= 1e-3 * max(|g_stock|_2, 1e-3 * |G_stock|_2)`` with ``G`` all of
+teacher's, which mmdet keeps out of the state_dict), both get the same seeded batch of two random
+images (larger ones when stock's step finds them too small for the model) with random boxes,
+masks and semantic maps, and the same RNG state before their step. Criteria: the same loss
+names, each loss within 1e-4 relative (plus 1e-7 absolute for exact zeros); the same
+parameters receive gradients, and for each parameter tensor
+``|g_ours - g_stock|_2 <= 1e-3 * max(|g_stock|_2, 1e-3 * |G_stock|_2)`` with ``G`` all of
 stock's gradients together. When ours differs, stock's step is run again: if stock does not
 reproduce itself the family is listed as "stock non-deterministic" instead of as a failure.
 
@@ -680,8 +681,17 @@ def _num_classes(model_cfg: Any) -> int:
     return min(values) if values else 1
 
 
+#: ``(height, width)`` of the step's two images, and the larger pair stock's step is retried
+#: with when the small one is too small for the model (SSD's last convs, DINO's 900 queries
+#: over the encoder's tokens, DDOD's deformable convs).
+STEP_SIZES = ((160, 192), (192, 160))
+LARGE_STEP_SIZES = ((320, 384), (384, 320))
+_TOO_SMALL = ("Kernel size can't be greater than actual input size",
+              'input image is smaller than kernel', 'selected index k out of range')
+
+
 def make_batch(model_cfg: Any, seed: int = 0,
-               sizes: Sequence[Tuple[int, int]] = ((160, 192), (192, 160))) -> Dict[str, Any]:
+               sizes: Sequence[Tuple[int, int]] = STEP_SIZES) -> Dict[str, Any]:
     """A seeded batch of random images with boxes, masks and semantic maps, as a loader gives.
 
     Args:
@@ -733,7 +743,8 @@ def _deterministic() -> Iterator[None]:
         torch.use_deterministic_algorithms(previous, warn_only=warn_only)
 
 
-def run_step(model: torch.nn.Module, model_cfg: Any, seed: int = 0
+def run_step(model: torch.nn.Module, model_cfg: Any, seed: int = 0,
+             sizes: Sequence[Tuple[int, int]] = STEP_SIZES
              ) -> Tuple[Dict[str, float], Dict[str, torch.Tensor]]:
     """One training forward/backward on :func:`make_batch`'s batch, RNG seeded first.
 
@@ -741,6 +752,7 @@ def run_step(model: torch.nn.Module, model_cfg: Any, seed: int = 0
         model (torch.nn.Module): the detector (put in train mode here).
         model_cfg: its config (for the batch).
         seed (int): the seed of the batch and of the RNG state before the step.
+        sizes (Sequence[tuple[int, int]]): the images' ``(height, width)``.
 
     Returns:
         tuple: the logged losses (``parse_losses``' log_vars) and the gradient of each parameter
@@ -748,7 +760,7 @@ def run_step(model: torch.nn.Module, model_cfg: Any, seed: int = 0
     """
     model.train()
     model.zero_grad(set_to_none=True)
-    batch = make_batch(model_cfg, seed)
+    batch = make_batch(model_cfg, seed, sizes)
     with _mmdet_scope(), _deterministic():
         seed_everything(seed)
         data = model.data_preprocessor(batch, True)
@@ -841,7 +853,15 @@ def check_step(model_cfg: dict, custom_imports: Optional[dict] = None,
         weights = copy.deepcopy(stock.state_dict())
         teacher = _detached_teacher(stock)
         teacher_weights = None if teacher is None else copy.deepcopy(teacher.state_dict())
-        stock_step = run_step(stock, model_cfg, seed)
+        sizes = STEP_SIZES
+        try:
+            stock_step = run_step(stock, model_cfg, seed, sizes)
+        except Exception as exc:  # noqa: BLE001
+            if not any(text in str(exc) for text in _TOO_SMALL):
+                raise
+            sizes = LARGE_STEP_SIZES
+            stock.load_state_dict(weights, strict=True)
+            stock_step = run_step(stock, model_cfg, seed, sizes)
     except Exception as exc:  # noqa: BLE001
         out['stock'] = f'stock step: {_short_error(exc)}'
         return out
@@ -855,7 +875,7 @@ def check_step(model_cfg: dict, custom_imports: Optional[dict] = None,
         ours.load_state_dict(weights, strict=True)
         if teacher_weights is not None:
             _detached_teacher(ours).load_state_dict(teacher_weights, strict=True)
-        ours_step = run_step(ours, ours_cfg, seed)
+        ours_step = run_step(ours, ours_cfg, seed, sizes)
     except Exception as exc:  # noqa: BLE001
         out['errors'] = [f'ours step: {_short_error(exc)}']
         return out
@@ -864,7 +884,7 @@ def check_step(model_cfg: dict, custom_imports: Optional[dict] = None,
     out['grad_error'] = worst
     if errors:
         stock.load_state_dict(weights, strict=True)
-        again = run_step(stock, model_cfg, seed)
+        again = run_step(stock, model_cfg, seed, sizes)
         if compare_steps(stock_step, again)[0]:
             out['stock'] = 'stock non-deterministic: a second stock step differs from the first'
             return out
