@@ -312,9 +312,11 @@ def inline_teachers(model_cfg: Any, root: Optional[str] = None) -> Any:
     for d in list(_walk_dicts(out)):
         teacher = d.get('teacher_config')
         if isinstance(teacher, str):
+            # mmdet's own configs name it from the repository root; others as Config.fromfile
+            # reads them, from the working directory (an absolute path ignores ``root``)
             path = osp.join(osp.dirname(root), teacher) if teacher.startswith('configs/') \
-                else teacher
-            model, _, error = load_model_cfg(osp.relpath(path, root), root)
+                else osp.abspath(teacher)
+            model, _, error = load_model_cfg(path, root)
             if error or not isinstance(model, dict):
                 raise ValueError(f'teacher_config {teacher!r}: {error or "no model"}')
             d['teacher_config'] = {'model': inline_teachers(model, root)}
