@@ -8,8 +8,11 @@ sharing one set of random weights (class predictor spread so that post-processin
 see ``tests/deploy/conftest.py``), at 800x1216; and the demo detector (ours and stock) at 160x160.
 
 Also: the network's FLOPs per image (mmengine's ``get_model_complexity_info``, one multiply-add
-= 2 FLOPs) over the time per image, against the fp32 peak of this process measured with a
-4096x4096 ``torch.mm``.
+= 2 FLOPs, direct convolutions) over the time per image, against the fp32 peak of this process
+measured with a 4096x4096 ``torch.mm``. The exported graph computes its wide 3x3 convolutions by
+Winograd (a quarter of their multiply-adds, ``mmdet_retina_plugin/deploy/winograd.py``), so
+ONNX Runtime's share of that peak can exceed 100 %: it is the direct network's FLOPs over its
+time.
 
 Run: ``python -m bench.bench_inference [--repeats N] [--batches 1 8] [--cases r50 demo]``.
 """

@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='the fixed batch size without --dynamic')
     parser.add_argument('--dynamo', action='store_true',
                         help="torch.onnx.export's dynamo exporter instead of the TorchScript one")
+    parser.add_argument('--no-winograd', action='store_true',
+                        help="direct 3x3 convolutions instead of Winograd F(4x4, 3x3)'s (always "
+                             "with --dynamo)")
 
 
 def main(args: argparse.Namespace) -> Path:
@@ -27,6 +30,7 @@ def main(args: argparse.Namespace) -> Path:
 
     out = export_onnx(args.config, args.checkpoint, args.out, opset=args.opset,
                       postprocess=not args.no_postprocess, input_size=args.input_size,
-                      dynamic=args.dynamic, batch_size=args.batch_size, dynamo=args.dynamo)
+                      dynamic=args.dynamic, batch_size=args.batch_size, dynamo=args.dynamo,
+                      winograd=False if args.no_winograd else None)
     print(f'-> {out}')
     return out

@@ -28,7 +28,7 @@ def pipeline_meta(cfg: Any, classes: Sequence[str]) -> Dict[str, Any]:
 
     Args:
         cfg (mmengine.Config): detector config with ``model.data_preprocessor`` (mmdet's
-            ``DetDataPreprocessor``) and ``test_dataloader.dataset.pipeline`` or
+            ``DetDataPreprocessor`` or ours) and ``test_dataloader.dataset.pipeline`` or
             ``test_pipeline``.
         classes (Sequence[str]): class names, index = label.
 
@@ -73,9 +73,9 @@ def pipeline_meta(cfg: Any, classes: Sequence[str]) -> Dict[str, Any]:
         if resize['scale'] is None and resize['scale_factor'] is None:
             raise ValueError('test pipeline Resize needs scale or scale_factor')
     prep = cfg.model.get('data_preprocessor') or {}
-    if _type_name(prep) != 'DetDataPreprocessor':
-        raise ValueError(f'model.data_preprocessor must be DetDataPreprocessor, got '
-                         f'{_type_name(prep)}')
+    if _type_name(prep) not in ('DetDataPreprocessor', 'RetinaDataPreprocessor'):
+        raise ValueError(f'model.data_preprocessor must be DetDataPreprocessor or '
+                         f'RetinaDataPreprocessor, got {_type_name(prep)}')
     if prep.get('batch_augments'):
         raise ValueError('model.data_preprocessor.batch_augments cannot be exported')
     if prep.get('rgb_to_bgr'):

@@ -20,6 +20,7 @@ def test_no_postprocess_outputs_equal_head(demo_detector, tmp_path):
           str(out), '--no-postprocess', '--input-size', '96', '128'])
     meta = read_metadata(out)
     assert meta['postprocess'] is False and meta['input_size'] == [96, 128]
+    assert meta['winograd_convs'] == []  # the demo's 64 channels are below the threshold
     assert meta['classes'] == [f'class_{i}' for i in range(5)]
     image = textured_image(90, 120, seed=3)  # padded to the fixed 96 x 128 input
     raw = OnnxRetinaNet(out).raw([image])
