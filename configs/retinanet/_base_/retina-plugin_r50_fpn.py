@@ -6,6 +6,8 @@ _base_ = 'mmdet::_base_/models/retinanet_r50_fpn.py'
 custom_imports = dict(imports=['mmdet_retina_plugin'], allow_failed_imports=False)
 
 model = dict(
+    # mmdet's preprocessor (same settings) with channels-last test batches: faster on CPU
+    data_preprocessor=dict(type='RetinaDataPreprocessor'),
     # _delete_: RetinaFPN spells mmdet's `add_extra_convs='on_input'` as p6_source='input'.
     neck=dict(
         _delete_=True,

@@ -57,7 +57,9 @@ def logit_floor(score_thr: float) -> float:
 def topk_above(logits: Tensor, floor: float, k: int) -> Tuple[Tensor, Tensor]:
     """Per row, the ``k`` largest entries above ``floor`` (all of them if ``k <= 0``).
 
-    Selecting candidates first keeps ``topk`` off the millions of background entries.
+    Selecting candidates first keeps ``topk`` off the millions of background entries. Row by
+    row (a batch has few images): a row's ``nonzero`` gives its column indices directly, with no
+    scatter of the candidates into a padded ``(B, N)`` table.
 
     Args:
         logits (Tensor): ``(B, N)``.
@@ -68,18 +70,20 @@ def topk_above(logits: Tensor, floor: float, k: int) -> Tuple[Tensor, Tensor]:
         Tuple[Tensor, Tensor]: ``values`` ``(B, k')`` sorted descending and their column indices
         ``(B, k')``; rows with fewer than ``k'`` candidates are padded with ``-inf`` (index 0).
     """
-    num_rows, num_cols = logits.shape
-    flat = (logits > floor).view(-1).nonzero().squeeze(1)  # ascending: grouped by row
-    row, col = flat // num_cols, flat % num_cols
-    counts = torch.bincount(row, minlength=num_rows)
-    slot = torch.arange(flat.numel(), device=flat.device) - (counts.cumsum(0) - counts)[row]
-    width = int(counts.max()) if flat.numel() else 0
-    values = logits.new_full((num_rows, width), -math.inf)
-    values[row, slot] = logits.reshape(-1)[flat]
-    cols = col.new_zeros((num_rows, width))
-    cols[row, slot] = col
-    values, sel = values.topk(width if k <= 0 else min(k, width), dim=1)
-    return values, cols.gather(1, sel)
+    picked = []
+    for row in logits:
+        cols = (row > floor).nonzero().squeeze(1)
+        values = row[cols]
+        values, order = values.topk(k) if 0 < k < values.numel() else \
+            values.sort(descending=True)
+        picked.append((values, cols[order]))
+    width = max((v.numel() for v, _ in picked), default=0)
+    values = logits.new_full((logits.size(0), width), -math.inf)
+    cols = torch.zeros((logits.size(0), width), dtype=torch.long, device=logits.device)
+    for i, (row_values, row_cols) in enumerate(picked):
+        values[i, :row_values.numel()] = row_values
+        cols[i, :row_cols.numel()] = row_cols
+    return values, cols
 
 
 def select_level_topk(cls_score: Tensor, num_classes: int, floor: float,
@@ -88,7 +92,7 @@ def select_level_topk(cls_score: Tensor, num_classes: int, floor: float,
 
     Args:
         cls_score (Tensor): ``(B, Ab*K, H, W)`` logits; channel ``a*K + k`` is class ``k`` of
-            base anchor ``a``.
+            base anchor ``a``. Read in its memory order, NCHW or channels-last, without a copy.
         num_classes (int): ``K``.
         floor (float): :func:`logit_floor` of ``score_thr``.
         nms_pre (int): pairs kept per image (<= 0: all above ``floor``).
@@ -96,10 +100,17 @@ def select_level_topk(cls_score: Tensor, num_classes: int, floor: float,
     Returns:
         LevelSelection: scores, classes and positions of the kept pairs.
     """
-    batch, _, height, width = cls_score.shape
-    # flat index into (Ab*K, H*W): (a*K + k) * H*W + pixel
-    top_logits, flat = topk_above(cls_score.detach().reshape(batch, -1), floor, nms_pre)
-    channel, pixel = flat // (height * width), flat % (height * width)
+    batch, channels, height, width = cls_score.shape
+    logits = cls_score.detach()
+    if not logits.is_contiguous() and logits.is_contiguous(memory_format=torch.channels_last):
+        # flat index into (H*W, Ab*K): pixel * Ab*K + a*K + k (mmdet's own order)
+        top_logits, flat = topk_above(logits.permute(0, 2, 3, 1).reshape(batch, -1), floor,
+                                      nms_pre)
+        channel, pixel = flat % channels, flat // channels
+    else:
+        # flat index into (Ab*K, H*W): (a*K + k) * H*W + pixel
+        top_logits, flat = topk_above(logits.reshape(batch, -1), floor, nms_pre)
+        channel, pixel = flat // (height * width), flat % (height * width)
     return LevelSelection(top_logits.sigmoid(), channel % num_classes, channel // num_classes,
                           pixel)
 
@@ -109,7 +120,8 @@ def gather_level(bbox_pred: Tensor, anchors: Tensor, base: Tensor,
     """Deltas and anchors of selected positions of one level.
 
     Args:
-        bbox_pred (Tensor): ``(B, Ab*D, H, W)`` deltas (``D`` = the coder's ``encode_size``).
+        bbox_pred (Tensor): ``(B, Ab*D, H, W)`` deltas (``D`` = the coder's ``encode_size``),
+            any memory layout (read by indexing, no copy).
         anchors (Tensor): ``(H*W*Ab, 4)`` the level's anchors (row, column, base anchor order).
         base (Tensor): ``(B, k)`` base anchors.
         pixel (Tensor): ``(B, k)`` locations ``y * W + x``.
@@ -119,9 +131,10 @@ def gather_level(bbox_pred: Tensor, anchors: Tensor, base: Tensor,
     """
     batch, _, height, width = bbox_pred.shape
     num_base = anchors.size(0) // (height * width)
-    deltas = bbox_pred.detach().reshape(batch, num_base, -1, height * width)
+    deltas = bbox_pred.detach().unflatten(1, (num_base, -1))  # (B, Ab, D, H, W), a view
     batch_idx = torch.arange(batch, device=pixel.device)[:, None]
-    return deltas[batch_idx, base, :, pixel], anchors[pixel * num_base + base]
+    return (deltas[batch_idx, base, :, pixel // width, pixel % width],
+            anchors[pixel * num_base + base])
 
 
 def decode_boxes(bbox_coder: object, anchors: Tensor, deltas: Tensor) -> Tensor:

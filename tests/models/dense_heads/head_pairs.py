@@ -87,11 +87,15 @@ def assert_loss_parity(stock, ours, gts, ignores=None):
     return o
 
 
-def assert_predict_parity(stock, ours, seed=3, **kwargs):
-    """Both heads' ``predict_by_feat`` on the same random maps give the same detections."""
+def assert_predict_parity(stock, ours, seed=3, channels_last=False, **kwargs):
+    """Both heads' ``predict_by_feat`` on the same random maps give the same detections
+    (``channels_last``: ours reads the maps in that memory format)."""
     cls, box = random_maps(seed=seed)
     kwargs.setdefault('batch_img_metas', METAS)
     expected = stock.predict_by_feat(cls, box, **kwargs)
+    if channels_last:
+        cls, box = ([m.contiguous(memory_format=torch.channels_last) for m in maps]
+                    for maps in (cls, box))
     got = ours.predict_by_feat(cls, box, **kwargs)
     assert sum(len(r) for r in expected) > 20  # the case is not trivially empty
     for e, g in zip(expected, got):

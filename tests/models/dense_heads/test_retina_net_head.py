@@ -114,6 +114,13 @@ def test_predict_parity(rescale, with_nms, test):
     assert_predict_parity(stock, ours, rescale=rescale, with_nms=with_nms)
 
 
+@pytest.mark.parametrize('test', [None, dict(nms_pre=50, max_per_img=20)])
+def test_predict_parity_channels_last_maps(test):
+    # RetinaDataPreprocessor's test batches make the head's outputs channels-last
+    stock, ours = build_pair(test=test)
+    assert_predict_parity(stock, ours, rescale=True, channels_last=True)
+
+
 def test_param_names_equal_mmdet():
     norm = dict(type='GN', num_groups=4)
     stock, ours = build_pair(norm_cfg=norm)

@@ -1,0 +1,3 @@
+from .retina_data_preprocessor import RetinaDataPreprocessor
+
+__all__ = ['RetinaDataPreprocessor']
