@@ -101,7 +101,7 @@ class WinogradConv2d(nn.Module):
         Returns:
             Tensor: ``(B, O, H + 2p - 2, W + 2p - 2)``, p the convolution's padding.
         """
-        batch, channels, height, width = x.shape
+        height, width = x.shape[-2:]
         out_h, out_w = height + 2 * self.padding - 2, width + 2 * self.padding - 2
         tiles_h, tiles_w = (out_h + _TILE - 1) // _TILE, (out_w + _TILE - 1) // _TILE
         # zero padding of the convolution, plus whatever completes the last tiles

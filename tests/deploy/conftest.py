@@ -34,6 +34,13 @@ def textured_image(height: int, width: int, seed: int) -> np.ndarray:
         0, 255).astype(np.uint8)
 
 
+def assert_raw_outputs_equal(raw: Dict[str, np.ndarray], cls_scores, bbox_preds) -> None:
+    """``OnnxRetinaNet.raw`` outputs equal the head's per-level logits and deltas (1e-4)."""
+    for i, (cls, box) in enumerate(zip(cls_scores, bbox_preds)):
+        np.testing.assert_allclose(raw[f'cls_score_{i}'], cls.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(raw[f'bbox_pred_{i}'], box.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def _write_detector(cfg: Config, root: Path, name: str, bias: float, weight_scale: float = 1.0,
                     seed: int = 0) -> Dict[str, Path]:
     """Builds ``cfg.model`` with seeded random weights, class bias ``bias`` and the class

@@ -11,7 +11,7 @@ from mmengine.config import Config
 from mmdet_retina_plugin.deploy import OnnxRetinaNet, export_onnx, read_metadata
 from mmdet_retina_plugin.deploy.pipeline import preprocess
 from mmdet_retina_plugin.tools.cli import main
-from tests.deploy.conftest import textured_image
+from tests.deploy.conftest import assert_raw_outputs_equal, textured_image
 
 
 def test_no_postprocess_outputs_equal_head(demo_detector, tmp_path):
@@ -34,9 +34,7 @@ def test_no_postprocess_outputs_equal_head(demo_detector, tmp_path):
     torch.testing.assert_close(normalised, data['inputs'], rtol=0, atol=1e-5)
     with torch.no_grad():
         cls_scores, bbox_preds = model.bbox_head(model.extract_feat(data['inputs']))
-    for i, (cls, box) in enumerate(zip(cls_scores, bbox_preds)):
-        np.testing.assert_allclose(raw[f'cls_score_{i}'], cls.numpy(), rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(raw[f'bbox_pred_{i}'], box.numpy(), rtol=1e-4, atol=1e-4)
+    assert_raw_outputs_equal(raw, cls_scores, bbox_preds)
     anchors = model.bbox_head.prior_generator.grid_priors([c.shape[-2:] for c in cls_scores],
                                                             device='cpu')
     np.testing.assert_array_equal(raw['anchors'], torch.cat(anchors).numpy())

@@ -10,7 +10,7 @@ from mmdet.apis import init_detector
 from mmdet_retina_plugin.deploy import OnnxRetinaNet, export_onnx, read_metadata
 from mmdet_retina_plugin.deploy.winograd import WinogradConv2d, is_winograd_eligible, winograd_convs
 from mmdet_retina_plugin.models.dense_heads import RetinaNetHead
-from tests.deploy.conftest import textured_image
+from tests.deploy.conftest import assert_raw_outputs_equal, textured_image
 
 # (batch, in, out, height, width, padding, bias): sizes below, at and past one 4x4 tile,
 # not multiples of 4, padding 0 (output smaller than input) and 2 (larger)
@@ -126,9 +126,7 @@ def test_r50_raw_outputs_with_winograd_equal_pytorch(r50_detector, tmp_path):
     data = model.data_preprocessor(dict(inputs=[torch.from_numpy(images[0]).permute(2, 0, 1)]))
     with torch.no_grad():
         cls_scores, bbox_preds = model.bbox_head(model.extract_feat(data['inputs']))
-    for i, (cls, box) in enumerate(zip(cls_scores, bbox_preds)):
-        np.testing.assert_allclose(raw[f'cls_score_{i}'], cls.numpy(), rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(raw[f'bbox_pred_{i}'], box.numpy(), rtol=1e-4, atol=1e-4)
+    assert_raw_outputs_equal(raw, cls_scores, bbox_preds)
 
 
 def test_export_without_winograd(r50_detector, tmp_path):
