@@ -7,6 +7,8 @@ Subcommands::
     mmdet-retina figures --out DIR                            # paper Figure 1 + prior table
     mmdet-retina infer IMG_OR_DIR --config CFG --checkpoint CKPT --out DIR [--score-thr 0.3]
     mmdet-retina infer IMG_OR_DIR --onnx MODEL.onnx --out DIR       # the same, ONNX Runtime
+    mmdet-retina infer IMG_OR_DIR ... --tile H W [--overlap 0.2] [--tile-batch 8]
+        [--merge nms|greedy] [--merge-iou-thr T] [--full-image]    # large images, tile by tile
     mmdet-retina export CFG CKPT --out MODEL.onnx [--dynamic] [--no-postprocess] [--input-size H W]
 
 Also runnable as ``python -m mmdet_retina_plugin.tools.cli``.

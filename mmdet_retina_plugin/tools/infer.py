@@ -1,8 +1,11 @@
 """Run a detector checkpoint on images and draw boxes, labels and scores into PNGs.
 
 Uses mmdet's ``init_detector`` / ``inference_detector`` (the config's test pipeline) and
-``DetLocalVisualizer``. Class names come from the checkpoint's ``meta.dataset_meta`` (saved by
-mmengine's Runner from the training dataset), falling back to the config's dataset metainfo.
+``DetLocalVisualizer``; with ``--tile H W`` the plugin's sliced inference instead
+(:func:`mmdet_retina_plugin.apis.slice_inference`: overlapping tiles batched through the
+detector, boxes merged in full-image pixels). Class names come from the checkpoint's
+``meta.dataset_meta`` (saved by mmengine's Runner from the training dataset), falling back to the
+config's dataset metainfo.
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import argparse
 import json
 import uuid
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -29,9 +32,23 @@ def list_images(img_or_dir: str | Path) -> List[Path]:
     return images
 
 
+def _sliced_predictor(model_or_onnx, tile: Sequence[int], full_image: bool,
+                      options: dict) -> Callable[[Path], object]:
+    """``predict(path)`` by sliced inference, with one tile runner for every image."""
+    from ..apis import slice_inference, tile_detector
+    detect = tile_detector(model_or_onnx)
+
+    def predict(path: Path):
+        return slice_inference(detect, path, tile=tuple(tile), full_image=full_image, **options)
+    return predict
+
+
 def run_inference(img_or_dir: str | Path, config: Optional[str | Path],
                   checkpoint: Optional[str | Path], out_dir: str | Path, score_thr: float = 0.3,
-                  device: Optional[str] = None, onnx: Optional[str | Path] = None) -> List[dict]:
+                  device: Optional[str] = None, onnx: Optional[str | Path] = None,
+                  tile: Optional[Sequence[int]] = None, overlap: Optional[float] = None,
+                  tile_batch: Optional[int] = None, merge: Optional[str] = None,
+                  merge_iou_thr: Optional[float] = None, full_image: bool = False) -> List[dict]:
     """Draws the detections scoring at least ``score_thr`` on each image.
 
     Writes ``<out_dir>/<image stem>.png`` per image and ``<out_dir>/predictions.json``. With
@@ -46,14 +63,36 @@ def run_inference(img_or_dir: str | Path, config: Optional[str | Path],
         score_thr (float): lowest score drawn and kept, in [0, 1].
         device (Optional[str]): torch device; the first GPU if there is one, else the CPU.
         onnx (str | Path | None): an exported ``.onnx`` file to run with ONNX Runtime instead.
+        tile (Sequence[int] | None): ``(height, width)``: sliced inference with tiles of this
+            size (:func:`~mmdet_retina_plugin.apis.slice_inference`); None: whole images.
+        overlap (float | None): tile overlap in [0, 1) (default 0.2); only with ``tile``.
+        tile_batch (int | None): tiles per forward pass (default 8); only with ``tile``.
+        merge (str | None): ``'nms'`` (default) or ``'greedy'``; only with ``tile``.
+        merge_iou_thr (float | None): merge threshold (default: the model's NMS IoU); only
+            with ``tile``.
+        full_image (bool): add a whole-image (downscaled) pass to the tiles'; only with
+            ``tile``.
 
     Returns:
         List[dict]: one dict per image: ``file``, ``out_file`` and the kept detections as ``bboxes``
         (D, 4) ``(x1, y1, x2, y2)`` in original image pixels, ``scores`` (D,) and ``labels`` (D,)
         (0-based class indices into ``classes``), plus ``classes``.
+
+    Raises:
+        ValueError: a bad argument (named), or a tiling option without ``tile``.
     """
     if not 0.0 <= score_thr <= 1.0:
         raise ValueError(f'score_thr must be in [0, 1], got {score_thr}')
+    slice_options = dict(overlap=overlap, batch_size=tile_batch, merge=merge,
+                         merge_iou_thr=merge_iou_thr)
+    given = [k for k, v in slice_options.items() if v is not None] + \
+        (['full_image'] if full_image else [])
+    if tile is None and given:
+        raise ValueError(f'{", ".join(given)} need tile (--tile H W)')
+    if tile_batch is not None and (isinstance(tile_batch, bool) or not isinstance(tile_batch, int)
+                                   or tile_batch < 1):
+        raise ValueError(f'tile_batch must be an int >= 1, got {tile_batch!r}')
+    slice_options = {k: v for k, v in slice_options.items() if v is not None}
     if onnx is None and (config is None or checkpoint is None):
         raise ValueError('config and checkpoint are required without onnx')
     import mmcv
@@ -63,6 +102,9 @@ def run_inference(img_or_dir: str | Path, config: Optional[str | Path],
     import mmdet_retina_plugin  # noqa: F401  (registers our modules for the config)
 
     images = list_images(img_or_dir)
+    if tile is not None:  # bad tiling options fail before the model loads
+        from ..apis import SliceConfig
+        SliceConfig(tile=tuple(tile), full_image=full_image, **slice_options)
     if onnx is None:
         from mmdet.apis import inference_detector, init_detector
         device = device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
@@ -85,6 +127,9 @@ def run_inference(img_or_dir: str | Path, config: Optional[str | Path],
             sample.pred_instances = InstanceData(
                 **{k: torch.from_numpy(v) for k, v in det.items()})
             return sample
+    if tile is not None:
+        predict = _sliced_predictor(model if onnx is None else runner, tile, full_image,
+                                    slice_options)
     # a unique name: mmengine keeps visualizers in a global, name-keyed registry
     visualizer = DetLocalVisualizer(name=f'mmdet_retina_infer_{uuid.uuid4().hex}')
     visualizer.dataset_meta = dataset_meta
@@ -118,8 +163,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--out', required=True, help='folder for the PNGs and predictions.json')
     parser.add_argument('--score-thr', type=float, default=0.3)
     parser.add_argument('--device', default=None, help='defaults to cuda:0 when available')
+    tiles = parser.add_argument_group('sliced inference of large images')
+    tiles.add_argument('--tile', type=int, nargs=2, metavar=('H', 'W'), default=None,
+                       help='detect on overlapping tiles of H x W px (boxes in full-image px)')
+    tiles.add_argument('--overlap', type=float, default=None,
+                       help='fraction of a tile shared with its neighbour, [0, 1) (0.2)')
+    tiles.add_argument('--tile-batch', type=int, default=None, help='tiles per forward (8)')
+    tiles.add_argument('--merge', choices=('nms', 'greedy'), default=None,
+                       help="merging across tiles: class-aware NMS or SAHI's greedy merge")
+    tiles.add_argument('--merge-iou-thr', type=float, default=None,
+                       help="merge threshold (the model's NMS IoU)")
+    tiles.add_argument('--full-image', action='store_true',
+                       help='also detect on the whole image, downscaled, and merge it in')
 
 
 def main(args: argparse.Namespace) -> List[dict]:
     return run_inference(args.img_or_dir, args.config, args.checkpoint, args.out,
-                         args.score_thr, args.device, onnx=args.onnx)
+                         args.score_thr, args.device, onnx=args.onnx, tile=args.tile,
+                         overlap=args.overlap, tile_batch=args.tile_batch, merge=args.merge,
+                         merge_iou_thr=args.merge_iou_thr, full_image=args.full_image)

@@ -73,3 +73,43 @@ def test_invalid_inputs(tmp_path):
         infer.list_images(tmp_path)
     with pytest.raises(ValueError, match='score_thr'):
         infer.run_inference(tmp_path, 'cfg.py', 'ckpt.pth', tmp_path, score_thr=1.5)
+
+
+def test_infer_tiles_boxes_in_full_image_pixels(tiny_detector, tmp_path):
+    """``--tile``: the sliced API's detections, drawn on the full image."""
+    from mmdet.apis import init_detector
+
+    from mmdet_retina_plugin.apis import slice_inference
+    from mmdet_retina_plugin.tools.cli import main
+    _, config, checkpoint, _ = tiny_detector
+    rng = np.random.default_rng(0)
+    image = cv2.resize(rng.uniform(0, 255, (10, 14, 3)), (224, 160)).astype(np.uint8)
+    path = tmp_path / 'large.png'
+    cv2.imwrite(str(path), image)
+    out = tmp_path / 'vis'
+    main(['infer', str(path), '--config', str(config), '--checkpoint', str(checkpoint),
+          '--out', str(out), '--score-thr', '0.0', '--device', 'cpu', '--tile', '128', '128',
+          '--overlap', '0.25', '--tile-batch', '2', '--merge', 'greedy'])
+    record = json.loads((out / 'predictions.json').read_text())[0]
+    model = init_detector(str(config), str(checkpoint), device='cpu')
+    expected = slice_inference(model, image, tile=128, overlap=0.25, batch_size=2,
+                               merge='greedy').pred_instances
+    # 4 windows of at most 5 boxes each, merged
+    assert 0 < len(record['scores']) == len(expected) <= 20
+    np.testing.assert_allclose(record['bboxes'], expected.bboxes.numpy(), atol=1e-4)
+    assert record['labels'] == expected.labels.tolist()
+    boxes = np.array(record['bboxes'])
+    assert boxes[:, 2].max() > 128 or boxes[:, 3].max() > 128  # beyond the first tile
+    assert cv2.imread(record['out_file']).shape == image.shape
+
+
+def test_infer_tile_options_checked(tiny_detector, tmp_path):
+    img_dir, config, checkpoint, _ = tiny_detector
+    with pytest.raises(ValueError, match='overlap, full_image need tile'):
+        infer.run_inference(img_dir, config, checkpoint, tmp_path, overlap=0.5, full_image=True)
+    with pytest.raises(ValueError, match='tile_batch'):
+        infer.run_inference(img_dir, config, checkpoint, tmp_path, tile=(64, 64), tile_batch=0)
+    with pytest.raises(ValueError, match='tile'):
+        infer.run_inference(img_dir, config, checkpoint, tmp_path, tile=(0, 64))
+    with pytest.raises(ValueError, match='overlap'):
+        infer.run_inference(img_dir, config, checkpoint, tmp_path, tile=(64, 64), overlap=1.0)

@@ -1,0 +1,3 @@
+from .retina_sliced_detector import RetinaSlicedDetector
+
+__all__ = ['RetinaSlicedDetector']
