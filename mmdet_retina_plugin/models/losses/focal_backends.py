@@ -1,30 +1,26 @@
-"""Where the focal loss's fused pass runs: the backend choice and the fallback, in one place.
+"""Where the focal loss runs: the backend choice and the fallback, in one place.
 
-* ``triton``: CUDA tensors (fp32 / fp16 / bf16) run the dense sweep as the Triton kernel of
-  ``_triton_focal``. Under Triton's interpreter (``TRITON_INTERPRET=1``, which runs kernels on
+* ``triton``: CUDA tensors (fp32 / fp16 / bf16) run the whole loss as one Triton kernel
+  (``focal_triton``). Under Triton's interpreter (``TRITON_INTERPRET=1``, which runs kernels on
   the CPU) CPU tensors take this path too, which is how the kernel is tested without a GPU.
-* ``torch.compile``: other inputs with at least ``compile_min_numel`` elements run sweep and
-  fix-up as one inductor kernel, compiled once for all batch sizes.
+* ``torch.compile``: other inputs with at least ``compile_min_numel`` elements run the eager
+  code of ``focal_eager`` as one inductor kernel, compiled once for all batch sizes.
 * ``eager``: everything else, and every call after a backend failed once (warned once).
 
-The math itself is the eager code of ``retina_focal_loss``, handed to :class:`FocalBackends`
-when it is built, so that this module does not import the loss.
+Every backend takes the same arguments and returns the same scaled loss and gradient (see
+``focal_triton.triton_loss``).
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-Pair = Tuple[Tensor, Optional[Tensor]]
-# ``dense(pred, target, weight, gamma, alpha, reduce_sum, need_grad) -> (loss, grad)``
-DenseFn = Callable[[Tensor, Union[bool, Tensor], Optional[Tensor], float, Optional[float],
-                    bool, bool], Pair]
-# ``fused(dense, pred, target, weight, gamma, alpha, reduce_sum, need_grad) -> (loss, grad)``
-FusedFn = Callable[..., Pair]
+from .focal_eager import Pair, dense_chunked, dense_pass, eager_loss
 
 
 def is_compiling() -> bool:
@@ -45,22 +41,15 @@ def triton_interpreted() -> bool:
     return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
+def on_triton_device(t: Tensor) -> bool:
+    """Whether Triton kernels can run on ``t``'s device (CUDA, or the CPU when interpreted)."""
+    return t.is_cuda or (t.device.type == 'cpu' and triton_interpreted())
+
+
 class FocalBackends:
-    """Runs the fused focal pass on the fastest backend that works for the input.
+    """Runs the focal loss on the fastest backend that works for the input."""
 
-    Args:
-        fused (Callable): ``fused(dense, pred, target, weight, gamma, alpha, reduce_sum,
-            need_grad)``: the whole loss around the dense sweep ``dense`` (see
-            ``retina_focal_loss.fused_pass``).
-        dense_whole (DenseFn): the sweep over the whole input in one expression (what
-            ``torch.compile`` fuses).
-        dense_chunked (DenseFn): the same sweep over cache-sized chunks (eager).
-    """
-
-    def __init__(self, fused: FusedFn, dense_whole: DenseFn, dense_chunked: DenseFn) -> None:
-        self.fused = fused
-        self.dense_whole = dense_whole
-        self.dense_chunked = dense_chunked
+    def __init__(self) -> None:
         self._compiled: Optional[Callable[..., Pair]] = None
         self.failed: Dict[str, bool] = {}
 
@@ -74,42 +63,68 @@ class FocalBackends:
         Returns:
             str: the backend's name (before any failure is taken into account).
         """
-        on_triton_device = pred.is_cuda or (pred.device.type == 'cpu' and triton_interpreted())
-        if on_triton_device and pred.dtype != torch.float64:  # the kernel computes in fp32
-            return 'triton'
+        if on_triton_device(pred) and pred.dtype != torch.float64 and pred.numel() > 0:
+            return 'triton'  # the kernel computes in fp32
         if (compile_min_numel is not None and pred.numel() >= compile_min_numel
                 and not is_compiling()):
             return 'torch.compile'
         return 'eager'
 
-    def run(self, pred: Tensor, target: Tensor, weight: Optional[Tensor], gamma: float,
-            alpha: Optional[float], reduce_sum: bool, need_grad: bool,
+    def run(self, pred: Tensor, target: Tensor, weight: Optional[Tensor],
+            avg_factor: Optional[Tensor], factor: float, gamma: float, alpha: Optional[float],
+            segments: Optional[Sequence[int]], reduce_sum: bool, need_grad: bool,
             compile_min_numel: Optional[int]) -> Pair:
-        """The fused pass on the chosen backend, eager where that backend failed.
+        """The scaled loss and gradient on the chosen backend, eager where that one failed.
 
         Args:
             pred (Tensor): logits ``(N, K)``.
-            target (Tensor): class indices ``(N,)`` or float targets ``(N, K)``.
-            weight (Tensor | None): ``(N, 1)`` or ``(N, K)`` weights in the compute dtype.
+            target (Tensor): class indices ``(N,)`` or targets ``(N, K)``.
+            weight (Tensor | None): ``(N, 1)`` or ``(N, K)`` weights.
+            avg_factor (Tensor | None): the normaliser, on the device.
+            factor (float): the scale without ``avg_factor``.
             gamma (float): focusing exponent.
             alpha (float | None): weight of positives; ``None`` disables it.
-            reduce_sum (bool): sum the loss to a 0-d tensor.
-            need_grad (bool): also return ``d loss / d pred``.
+            segments (Sequence[int] | None): per-segment sums (see ``focal_triton``).
+            reduce_sum (bool): sum the loss instead of returning it elementwise.
+            need_grad (bool): also return the scaled derivative.
             compile_min_numel (int | None): compile inputs from this many elements on;
                 ``None`` never compiles.
 
         Returns:
-            tuple[Tensor, Tensor | None]: loss (0-d or ``(N, K)``) and derivative ``(N, K)``.
+            tuple[Tensor, Tensor | None]: loss (0-d, ``(L,)`` or ``(N, K)``) and the scaled
+            derivative ``(N, K)``.
         """
-        args = (pred, target, weight, gamma, alpha, reduce_sum, need_grad)
+        args = (pred, target, weight, avg_factor, factor, gamma, alpha, segments, reduce_sum,
+                need_grad)
         name = self.choose(pred, compile_min_numel)
+        out = None
         if name == 'triton' and not self.failed.get(name):
-            out = self._try(name, lambda: self.fused(self._triton_dense(), *args))
+            out = self._try(name, lambda: self._triton().triton_loss(*args))
         elif name == 'torch.compile' and not self.failed.get(name):
             out = self._try(name, lambda: self._run_compiled(*args))
-        else:
-            out = None
-        return out if out is not None else self.fused(self.dense_chunked, *args)
+        return out if out is not None else eager_loss(dense_chunked, *args)
+
+    def scale_grad(self, grad: Tensor, grad_out: Tensor,
+                   segments: Optional[Sequence[int]]) -> Tensor:
+        """``grad`` times the incoming gradient ``grad_out``, in place (one launch on Triton).
+
+        Args:
+            grad (Tensor): ``(N, K)`` derivative of the sum of the loss's entries.
+            grad_out (Tensor): 0-d, ``(L,)`` per segment, or ``(N, K)``.
+            segments (Sequence[int] | None): the segments of a per-segment loss.
+
+        Returns:
+            Tensor: ``grad``.
+        """
+        if on_triton_device(grad) and not self.failed.get('triton'):
+            return self._triton().scale_grad(grad, grad_out, segments)
+        if segments and grad_out.dim() == 1:
+            period = sum(segments)
+            per_row = grad_out.to(grad.dtype).repeat_interleave(
+                torch.tensor(list(segments), device=grad.device), output_size=period)
+            grad.view(-1, period, grad.size(-1)).mul_(per_row[:, None])
+            return grad
+        return grad.mul_(grad_out)
 
     def _try(self, name: str, fn: Callable[[], Pair]) -> Optional[Pair]:
         # Any exception, including a missing or too old torch / Triton API: a fast path must
@@ -123,9 +138,9 @@ class FocalBackends:
             return None
 
     @staticmethod
-    def _triton_dense() -> DenseFn:
-        from ._triton_focal import dense_triton  # imports triton: absent on some hosts
-        return dense_triton
+    def _triton():  # noqa: ANN205  (the module; imports triton, absent on some hosts)
+        from . import focal_triton
+        return focal_triton
 
     def _run_compiled(self, pred: Tensor, target: Tensor, weight: Optional[Tensor],
                       *rest: object) -> Pair:
@@ -134,6 +149,6 @@ class FocalBackends:
             if a is not None:
                 torch._dynamo.mark_dynamic(a, 0)
         if self._compiled is None:
-            dense, fused = self.dense_whole, self.fused
-            self._compiled = torch.compile(lambda *a: fused(dense, *a), fullgraph=True)
+            self._compiled = torch.compile(functools.partial(eager_loss, dense_pass),
+                                           fullgraph=True)
         return self._compiled(pred, target, weight, *rest)

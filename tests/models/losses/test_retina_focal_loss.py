@@ -154,18 +154,19 @@ def test_no_grad_forward_matches_mmdet():
     assert_matches(ours, stock, VALUE_RTOL)
 
 
-@pytest.mark.parametrize('reduce_sum', [True, False])
+@pytest.mark.parametrize('reduce', ['sum', 'none', 'segments'])
 @pytest.mark.parametrize('gamma', [2.0, 1.5, 0.0])
 @pytest.mark.parametrize('target_kind', ['index', 'soft'])
-def test_gradcheck_float64(reduce_sum, gamma, target_kind):
+def test_gradcheck_float64(reduce, gamma, target_kind):
     pred, labels, g = make_inputs(seed=8, n=6, k=3, dtype=torch.float64)
     target = labels if target_kind == 'index' else soft(labels, 3, g).double()
     weight = torch.rand(6, 1, generator=g, dtype=torch.float64)
-    scale = torch.tensor(0.7, dtype=torch.float64)
+    avg_factor = torch.tensor(1.7, dtype=torch.float64)
+    segments = (2, 1) if reduce == 'segments' else None
 
     def f(p):
-        return rfl.SigmoidFocalLossFunction.apply(p, target, weight, scale, gamma, 0.25,
-                                                  reduce_sum, None)
+        return rfl.SigmoidFocalLossFunction.apply(p, target, weight, avg_factor, 0.7, gamma,
+                                                  0.25, segments, reduce != 'none', None)
 
     assert torch.autograd.gradcheck(f, (pred.requires_grad_(),))
 
@@ -255,7 +256,7 @@ def test_registry_and_mmdet_config_swap():
 @pytest.fixture
 def fresh_backends(monkeypatch):
     """A new, unbuilt backend set (no compiled kernel, no failures) for one test."""
-    backends = FocalBackends(rfl.fused_pass, rfl._dense_pass, rfl._dense_eager)
+    backends = FocalBackends()
     monkeypatch.setattr(rfl, 'BACKENDS', backends)
     return backends
 
@@ -325,6 +326,64 @@ def test_compiled_backend_matches_mmdet(fresh_backends):
             stock = run(FocalLoss(), pred[:n], labels[:n], weight[:n], avg_factor=5)
             assert_matches(ours[0], stock[0], VALUE_RTOL)
             assert_matches(ours[1], stock[1], GRAD_RTOL)
+
+
+def per_level_stock(pred, labels, weight, avg_factor, segments):
+    """mmdet's FocalLoss called level by level, as mmdet's AnchorHead calls it."""
+    per_image = [t.reshape(-1, sum(segments), *t.shape[1:]) for t in (pred, labels, weight)]
+    return torch.stack([
+        FocalLoss()(*(t.reshape(-1, *t.shape[2:]) for t in level), avg_factor=avg_factor)
+        for level in zip(*(t.split(list(segments), 1) for t in per_image))])
+
+
+@pytest.mark.parametrize('avg_factor', [5.0, torch.tensor(5.0)])
+@pytest.mark.parametrize('compile_min_numel', [None, 0])
+def test_segments_equal_stock_per_level(avg_factor, compile_min_numel, fresh_backends):
+    segments = (12, 0, 8, 4)  # 24 anchors per image, 2 images; an empty level too
+    pred, labels, g = make_inputs(seed=14, n=48)
+    weight = torch.rand(48, generator=g)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('error', message='RetinaFocalLoss')
+        ours = RetinaFocalLoss(compile_min_numel=compile_min_numel)(
+            pred, labels, weight, avg_factor=avg_factor, segments=segments)
+    stock = per_level_stock(pred, labels, weight, avg_factor, segments)
+    assert ours.shape == (4,)
+    assert_matches(ours, stock, VALUE_RTOL)
+    # gradients of any combination of the levels equal stock's
+    mix = torch.tensor([1.0, 2.0, -0.5, 3.0])
+    got = run(lambda p, t, w: RetinaFocalLoss(compile_min_numel=compile_min_numel)(
+        p, t, w, avg_factor=avg_factor, segments=segments) @ mix, pred, labels, weight,
+        grad_out_seed=None)
+    want = run(lambda p, t, w: per_level_stock(p, t, w, avg_factor, segments) @ mix, pred,
+               labels, weight, grad_out_seed=None)
+    assert_matches(got[1], want[1], GRAD_RTOL)
+
+
+@pytest.mark.parametrize('segments, reduction, match', [
+    ((12, 12), 'none', 'segments needs'), ((7, 7), 'mean', 'divides'),
+    ((0, 0), 'sum', 'divides'), ((-1, 25), 'mean', 'divides')])
+def test_invalid_segments_raise(segments, reduction, match):
+    pred, labels, _ = make_inputs(n=48)
+    with pytest.raises(ValueError, match=match):
+        RetinaFocalLoss(reduction=reduction)(pred, labels, segments=segments)
+
+
+def test_compiles_fullgraph_with_segments_and_device_avg_factor():
+    # Inside a compiled caller (e.g. a head's loss) the loss is traced without graph breaks.
+    pred, labels, g = make_inputs(seed=15, n=48)
+    weight, avg = torch.rand(48, generator=g), torch.tensor(6.0)
+    loss = RetinaFocalLoss(compile_min_numel=None)
+
+    def total(p):
+        return (loss(p, labels, weight, avg_factor=avg, segments=(20, 4)) *
+                torch.tensor([1.0, 3.0])).sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(total, fullgraph=True, backend='eager')
+    got = run(lambda p, t, w: compiled(p), pred, labels, grad_out_seed=None)
+    want = run(lambda p, t, w: total(p), pred, labels, grad_out_seed=None)
+    assert_matches(got[0], want[0], VALUE_RTOL)
+    assert_matches(got[1], want[1], GRAD_RTOL)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA is not available')

@@ -1,6 +1,8 @@
 """The Triton focal kernel, tested without a GPU: ``triton_interpreter_sweep.py`` runs it in
 Triton's CPU interpreter, in one subprocess so that ``TRITON_INTERPRET=1`` (read when Triton is
-imported) reaches no other test."""
+imported) reaches no other test. Also the launch budget of a forward + backward on the Triton
+path: at most 3 launches (the kernel, the sum of its partials, backward's scaling) and no host
+synchronisation, whatever the targets, segments or dtype."""
 import json
 import os
 import subprocess
@@ -23,8 +25,13 @@ def test_triton_kernel_under_interpreter_matches_eager_and_mmdet():
         pytest.skip(report['skip'])
     assert report['failures'] == [], '\n'.join(report['failures'])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # 3 gammas x 3 weight modes x 2 targets x reduced or not x gradient or not x 3 dtypes
-    assert report['kernel_cases'] == 216
-    # 2 targets x 3 dtypes x 3 calls x 2 gammas, each with and without gradient, all on Triton
+    # 3 gammas x 3 weight modes x 2 targets x 3 reductions x gradient or not x 3 dtypes
+    assert report['kernel_cases'] == 324
+    # 2 targets x 3 dtypes x 3 calls x 2 gammas, all on Triton: the loss kernel with and
+    # without gradient, and backward's scaling kernel except for the elementwise loss (12)
     assert report['loss_cases'] == 36
-    assert report['triton_calls'] == 72
+    assert report['triton_calls'] == 36 * 3 - 12
+    assert set(report['launches']) == {'index', 'onehot', 'segments', 'index_bf16'}
+    for case, launches in report['launches'].items():
+        assert 2 <= launches <= 3, f'{case}: {launches} launches'
+        assert report['syncs'][case] == [], f'{case} synchronises: {report["syncs"][case]}'

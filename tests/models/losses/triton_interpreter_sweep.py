@@ -3,15 +3,19 @@
 Run by ``test_triton_interpreter.py`` in a subprocess with ``TRITON_INTERPRET=1`` (Triton reads
 it when imported; a subprocess keeps it out of every other test). Checks
 
-* ``_focal_dense_kernel`` (through ``dense_triton``) against the eager ``_dense_pass`` for every
-  specialisation: gamma 0 / 2 / 1.5, no / per-anchor / per-element weights, class-index (all
-  negatives) / soft targets, summed / elementwise, with / without gradient, each in fp32, fp16
-  and bf16, alpha on and off;
+* ``focal_triton.triton_loss`` against the eager ``focal_eager.eager_loss`` for every
+  specialisation: gamma 0 / 2 / 1.5, no / per-anchor / per-element weights, class-index / soft
+  targets, elementwise / summed / per-segment, with / without gradient, each in fp32, fp16 and
+  bf16, alpha on and off, scale from a float or a device ``avg_factor``;
 * ``RetinaFocalLoss`` end to end on CPU tensors (the backend picks Triton under the
-  interpreter) against mmdet's ``FocalLoss``, losses and gradients.
+  interpreter) against mmdet's ``FocalLoss``, losses and gradients;
+* the launches of a forward + backward on the Triton path: Triton kernels plus the ATen ops that
+  do work (allocations, views and the interpreter's own copies inside a launch not counted),
+  and the host-synchronising ops among them.
 
-Prints one JSON line: ``{"kernel_cases", "loss_cases", "triton_calls", "failures"}``, or
-``{"skip": reason}`` where Triton does not import. Exits 1 if anything differs.
+Prints one JSON line: ``{"kernel_cases", "loss_cases", "triton_calls", "launches", "syncs",
+"failures"}``, or ``{"skip": reason}`` where Triton does not import. Exits 1 if anything
+differs.
 """
 import itertools
 import json
@@ -19,46 +23,61 @@ import os
 import sys
 import traceback
 import warnings
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import Tensor
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 N, K = 150, 9  # 1350 elements: two kernel programs of 1024, the second one masked
+SEGMENTS = (4, 0, 7, 4)  # 15 rows per image, 10 images; an empty segment too
+# ATen ops that launch no work of their own: allocations, views, metadata.
+NO_WORK = {'aten::empty', 'aten::empty_like', 'aten::empty_strided', 'aten::new_empty',
+           'aten::view', 'aten::reshape', 'aten::_reshape_alias', 'aten::as_strided',
+           'aten::detach', 'detach', 'aten::alias', 'aten::expand', 'aten::unsqueeze',
+           'aten::squeeze', 'aten::permute', 'aten::t', 'aten::select', 'aten::slice',
+           'aten::lift_fresh', 'aten::set_', 'aten::resolve_conj', 'aten::resolve_neg',
+           'aten::contiguous', 'aten::to', 'aten::_to_copy'}
+SYNC_OPS = {'aten::nonzero', 'aten::item', 'aten::_local_scalar_dense', 'aten::is_nonzero',
+            'aten::masked_select', 'aten::unique', 'aten::_unique2'}
+LAUNCH_TAG = 'triton_launch::'
 
 
 def close(got: Tensor, want: Tensor, rtol: float) -> None:
-    scale = float(want.abs().max())
+    scale = float(want.abs().max()) if want.numel() else 0.0
     torch.testing.assert_close(got.to(want.dtype), want, rtol=rtol, atol=rtol * scale + 1e-12)
 
 
-def kernel_cases(dense_triton: Callable, dense_eager: Callable) -> Tuple[int, List[str]]:
+def kernel_cases(triton_loss: Callable, eager_loss: Callable) -> Tuple[int, List[str]]:
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(N, K, generator=g) * 4
-    soft = torch.rand(N, K, generator=g)
+    labels = torch.randint(0, K + 1, (N,), generator=g)  # K: background
+    targets = {'index': labels, 'soft': torch.rand(N, K, generator=g)}
     weights = {'none': None, 'anchor': torch.rand(N, 1, generator=g),
                'element': torch.rand(N, K, generator=g)}
+    reductions = {'none': (False, None), 'sum': (True, None), 'segments': (True, SEGMENTS)}
     failures = []
-    grid = itertools.product((0.0, 2.0, 1.5), weights, ('index', 'soft'), (True, False),
-                             (True, False), DTYPES)
+    grid = itertools.product((0.0, 2.0, 1.5), weights, targets, reductions, (True, False),
+                             DTYPES)
     count = 0
-    for count, (gamma, wname, tname, reduce_sum, need_grad, dtype) in enumerate(grid, 1):
-        alpha: Optional[float] = None if count % 4 == 0 else 0.25
-        x = logits.to(dtype)
-        args = (x, False if tname == 'index' else soft, weights[wname], gamma, alpha,
-                reduce_sum, need_grad)
-        case = f'gamma={gamma} weight={wname} target={tname} reduce={reduce_sum} ' \
-               f'grad={need_grad} {dtype} alpha={alpha}'
+    for count, (gamma, wname, tname, rname, need_grad, dtype) in enumerate(grid, 1):
+        alpha = None if count % 4 == 0 else 0.25
+        avg = torch.tensor(3.0 + count % 5) if count % 3 else None
+        reduce_sum, segments = reductions[rname]
+        args = (logits.to(dtype), targets[tname], weights[wname], avg, 0.5, gamma, alpha,
+                segments, reduce_sum, need_grad)
+        case = f'gamma={gamma} weight={wname} target={tname} reduce={rname} ' \
+               f'grad={need_grad} {dtype} alpha={alpha} avg={avg}'
         try:
-            loss, grad = dense_triton(*args)
-            want_loss, want_grad = dense_eager(*args)
-            close(loss.sum() if reduce_sum else loss, want_loss.float(), 1e-5)
+            loss, grad = triton_loss(*args)
+            want_loss, want_grad = eager_loss(*args)
+            close(loss, want_loss, 1e-5)
             assert (grad is None) == (not need_grad), 'gradient returned iff asked for'
             if need_grad:
-                close(grad, want_grad, 1e-5)
+                assert grad.dtype == dtype, f'gradient dtype {grad.dtype}'
+                close(grad.float(), want_grad, 1e-5 if dtype == torch.float32 else 1e-2)
         except Exception:  # noqa: BLE001  (report every failing case, not the first)
-            failures.append(f'kernel {case}: {traceback.format_exc(limit=1)}')
+            failures.append(f'kernel {case}: {traceback.format_exc(limit=2)}')
     return count, failures
 
 
@@ -68,7 +87,7 @@ def loss_cases(retina_loss: Callable, focal_loss: Callable) -> Tuple[int, List[s
     labels = torch.randint(0, K + 1, (N,), generator=g)  # K: background
     targets = {'index': labels, 'soft': torch.rand(N, K, generator=g)}
     anchor_w, element_w = torch.rand(N, generator=g), torch.rand(N, K, generator=g)
-    calls = [dict(reduction='mean', weight=anchor_w, avg_factor=17.0),
+    calls = [dict(reduction='mean', weight=anchor_w, avg_factor=torch.tensor(17.0)),
              dict(reduction='none', weight=element_w, avg_factor=None),
              dict(reduction='sum', weight=None, avg_factor=None)]
     failures = []
@@ -95,8 +114,106 @@ def loss_cases(retina_loss: Callable, focal_loss: Callable) -> Tuple[int, List[s
                     logits.to(dtype), targets[tname], call['weight'],
                     avg_factor=call['avg_factor']), want_loss, 1e-5)
         except Exception:  # noqa: BLE001
-            failures.append(f'loss {case}: {traceback.format_exc(limit=1)}')
+            failures.append(f'loss {case}: {traceback.format_exc(limit=2)}')
     return count, failures
+
+
+def segment_grad_cases(retina_loss: Callable) -> List[str]:
+    """Per-segment losses backpropagated through ``sum`` (a stride-0 incoming gradient) and
+    through random weights, against the eager path's autograd."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(N, K, generator=g)
+    labels = torch.randint(0, K + 1, (N,), generator=g)
+    weight, avg = torch.rand(N, generator=g), torch.tensor(6.0)
+    failures = []
+    for name, reduce in (('sum', lambda v: v.sum()),
+                         ('weighted', lambda v: (v * torch.arange(1.0, 5.0)).sum())):
+        grads = []
+        for eager in (False, True):
+            x = logits.clone().requires_grad_()
+            out = (focal_eager_loss(x, labels, weight, avg) if eager else
+                   retina_loss()(x, labels, weight, avg_factor=avg, segments=SEGMENTS))
+            reduce(out).backward()
+            grads.append(x.grad)
+        try:
+            close(grads[0], grads[1], 1e-5)
+        except AssertionError:
+            failures.append(f'segment gradient through {name}: {traceback.format_exc(limit=1)}')
+    return failures
+
+
+def focal_eager_loss(x: Tensor, labels: Tensor, weight: Tensor, avg: Tensor) -> Tensor:
+    """The eager per-segment loss, differentiated by autograd (the reference)."""
+    from mmdet_retina_plugin.models.losses.focal_eager import dense_pass, eager_loss
+    return eager_loss(dense_pass, x, labels, weight[:, None], avg, 1.0, 2.0, 0.25, SEGMENTS,
+                      True, False)[0]
+
+
+def tag_launches() -> List[str]:
+    """Wraps every interpreted Triton launch in a profiler range; returns the launch log."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    log: List[str] = []
+    run = InterpretedFunction.run
+
+    def tagged(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        log.append(self.fn.__name__)
+        with torch.profiler.record_function(LAUNCH_TAG + self.fn.__name__):
+            return run(self, *args, **kwargs)
+
+    InterpretedFunction.run = tagged
+    return log
+
+
+def count_launches(fn: Callable[[], None]) -> Tuple[int, List[str]]:
+    """Launches of ``fn``: Triton kernels and outermost ATen ops that do work (their children
+    and everything inside a Triton launch are part of that launch), and the sync ops."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    launches, syncs = 0, []
+
+    def visit(event, inside: bool) -> None:
+        nonlocal launches
+        name = event.name
+        if name in SYNC_OPS:
+            syncs.append(name)
+        counted = not inside and (name.startswith(LAUNCH_TAG) or (
+            name.startswith('aten::') and name not in NO_WORK))
+        launches += counted
+        for child in event.cpu_children:
+            visit(child, inside or counted)
+
+    for event in prof.events():
+        if event.cpu_parent is None:
+            visit(event, False)
+    return launches, syncs
+
+
+def launch_cases(retina_loss: Callable) -> Dict[str, Tuple[int, List[str]]]:
+    """Forward + backward of the head's call shapes: per-anchor weights, device avg_factor."""
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(N, K, generator=g)
+    labels = torch.randint(0, K + 1, (N,), generator=g)
+    onehot = (torch.arange(K) == labels[:, None]).float()
+    weight, avg = torch.rand(N, generator=g), torch.tensor(7.0)
+    cases = {'index': (torch.float32, labels, None), 'onehot': (torch.float32, onehot, None),
+             'segments': (torch.float32, labels, SEGMENTS),
+             'index_bf16': (torch.bfloat16, labels, None)}
+    loss = retina_loss()
+    counts = {}
+    for name, (dtype, target, segments) in cases.items():
+        x = logits.to(dtype).clone().requires_grad_()
+
+        def step() -> None:
+            out = loss(x, target, weight, avg_factor=avg, segments=segments)
+            # the loss's own launches only: no seed gradient for backward to make
+            torch.autograd.backward(out, grad_tensors=seed[name])
+
+        seed = {name: torch.ones(len(segments)) if segments else torch.tensor(1.0)}
+        step()  # compile the kernels first
+        x.grad = None
+        counts[name] = count_launches(step)
+    return counts
 
 
 def main() -> int:
@@ -109,26 +226,23 @@ def main() -> int:
         return 0
     from mmdet.models.losses import FocalLoss
 
-    from mmdet_retina_plugin.models.losses import RetinaFocalLoss, _triton_focal
-    from mmdet_retina_plugin.models.losses import retina_focal_loss as rfl
+    from mmdet_retina_plugin.models.losses import RetinaFocalLoss, focal_triton
+    from mmdet_retina_plugin.models.losses.focal_eager import dense_pass, eager_loss
 
-    n_kernel, failures = kernel_cases(_triton_focal.dense_triton, rfl._dense_pass)
-
-    calls = []
-    kernel = _triton_focal.dense_triton
-
-    def counted(*args: object) -> Tuple[Tensor, Optional[Tensor]]:
-        calls.append(1)
-        return kernel(*args)
-
-    # the backend looks the kernel up when it runs, so this counts what RetinaFocalLoss uses
-    _triton_focal.dense_triton = counted
+    log = tag_launches()
+    n_kernel, failures = kernel_cases(
+        focal_triton.triton_loss, lambda *a: eager_loss(dense_pass, *a))
+    del log[:]
     with warnings.catch_warnings():
         warnings.filterwarnings('error', message='RetinaFocalLoss')  # no silent fallback
         n_loss, loss_failures = loss_cases(RetinaFocalLoss, FocalLoss)
-    failures += loss_failures
+        triton_calls = len(log)
+        counts = launch_cases(RetinaFocalLoss)
+    failures += loss_failures + segment_grad_cases(RetinaFocalLoss)
     print(json.dumps({'kernel_cases': n_kernel, 'loss_cases': n_loss,
-                      'triton_calls': len(calls), 'failures': failures}))
+                      'triton_calls': triton_calls,
+                      'launches': {k: v[0] for k, v in counts.items()},
+                      'syncs': {k: v[1] for k, v in counts.items()}, 'failures': failures}))
     return 1 if failures else 0
 
 
