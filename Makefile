@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: env demo demo-stock demo-seeds lint test bench dropin clean-env
+.PHONY: env demo demo-stock demo-seeds demo-tiles lint test bench dropin clean-env
 
 env:
 	@bash tools/make_env.sh
@@ -17,6 +17,10 @@ demo-stock: env
 # ours, parity and stock over seeds 0..3 (16 to 25 min per seed on 2 cores): mean, spread, difference to stock
 demo-seeds: env
 	$(PY) -m mmdet_retina_plugin.tools.demo_seeds
+
+# train on 256 px windows of large generated images, evaluate sliced vs whole-image (docs/large_images.md)
+demo-tiles: env
+	$(PY) -m mmdet_retina_plugin.tools.demo_tiles
 
 # ruff's rules are in ruff.toml; `$(VENV)/bin/ruff check --fix .` sorts imports.
 lint: env

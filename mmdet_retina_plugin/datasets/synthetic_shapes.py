@@ -4,12 +4,13 @@ Every image is drawn from its own ``numpy`` generator seeded with ``(seed, split
 image does not depend on how many others are made, and a rerun writes the same bytes (PNG through
 OpenCV with a fixed compression level, JSON with sorted keys).
 
-Images hold 0..``max_objects`` filled shapes (circle, square, triangle, cross, ring) of random
-colour, rotation and size. Sizes are log-uniform over ``object_size`` (pixels, longest side before
-rotation), so COCO's small (< 32^2), medium and large ranges all occur. Shapes may occlude each
-other, but a placement is rejected if it would hide more than ``1 - min_visible`` of an earlier
-shape. Boxes are tight around the visible pixels; ``area`` is the box's area (the data set has
-no masks), which COCOeval's small / medium / large ranges then split on.
+Images hold ``min_objects``..``max_objects`` filled shapes (circle, square, triangle, cross,
+ring; none with probability ``empty_prob``) of random colour, rotation and size. Sizes are
+log-uniform over ``object_size`` (pixels, longest side before rotation), so COCO's small
+(< 32^2), medium and large ranges all occur. Shapes may occlude each other, but a placement is
+rejected if it would hide more than ``1 - min_visible`` of an earlier shape. Boxes are tight
+around the visible pixels; ``area`` is the box's area (the data set has no masks), which
+COCOeval's small / medium / large ranges then split on.
 
 Use from Python::
 
@@ -158,7 +159,7 @@ def _shape_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
 
 def _make_image(rng: np.random.Generator, h: int, w: int, max_objects: int,
                 object_size: Tuple[float, float], empty_prob: float,
-                min_visible: float) -> Tuple[np.ndarray, List[Dict]]:
+                min_visible: float, min_objects: int = 1) -> Tuple[np.ndarray, List[Dict]]:
     """Draws one image.
 
     Args:
@@ -169,6 +170,7 @@ def _make_image(rng: np.random.Generator, h: int, w: int, max_objects: int,
         object_size (Tuple[float, float]): ``(min, max)`` longest side of a shape in pixels.
         empty_prob (float): probability that the image has no shapes.
         min_visible (float): fraction of each shape's pixels that must stay unoccluded.
+        min_objects (int): fewest shapes tried on an image that is not empty.
 
     Returns:
         Tuple[np.ndarray, List[Dict]]: the uint8 ``(H, W, 3)`` RGB image, and one dict per
@@ -176,7 +178,7 @@ def _make_image(rng: np.random.Generator, h: int, w: int, max_objects: int,
         pixels, COCO convention, tight around the visible pixels) and ``area`` (``w * h``).
     """
     img = _background(rng, h, w)
-    n = 0 if rng.uniform() < empty_prob else int(rng.integers(1, max_objects + 1))
+    n = 0 if rng.uniform() < empty_prob else int(rng.integers(min_objects, max_objects + 1))
     owner = np.full((h, w), -1, np.int32)  # index of the shape that is on top of each pixel
     labels: List[int] = []
     full_area: List[int] = []
@@ -242,7 +244,7 @@ def _write_split(root: str, split: str, split_id: int, num_images: int, seed: in
 def make_dataset(root: str = 'data/shapes', num_train: int = 600, num_val: int = 100,
                  image_size: Sequence[int] = (256, 256), seed: int = 0, max_objects: int = 6,
                  object_size: Optional[Sequence[float]] = None, empty_prob: float = 0.1,
-                 min_visible: float = 0.6) -> Dict[str, object]:
+                 min_visible: float = 0.6, min_objects: int = 1) -> Dict[str, object]:
     """Writes the data set under ``root`` (overwriting files of the same name).
 
     Layout: ``root/{train,val}/NNNNNN.png``, ``root/annotations/{train,val}.json`` (COCO, category
@@ -256,11 +258,14 @@ def make_dataset(root: str = 'data/shapes', num_train: int = 600, num_val: int =
         image_size (Sequence[int]): ``(H, W)`` in pixels, each >= 32.
         seed (int): base seed; image ``i`` of a split uses ``default_rng([seed, split, i])``.
         max_objects (int): most shapes per image, >= 1 (fewer may fit).
+            A non-empty image tries a uniform number in ``[min_objects, max_objects]``.
         object_size (Optional[Sequence[float]]): ``(min, max)`` longest side of a shape in
             pixels, ``4 <= min <= max <= min(H, W)``; default ``(10, 0.55 * min(H, W))``.
         empty_prob (float): probability in [0, 1] that an image has no shapes at all.
         min_visible (float): fraction in (0, 1] of each shape's pixels that must stay
             unoccluded.
+        min_objects (int): fewest shapes tried on a non-empty image, in ``[1, max_objects]``
+            (large images of many small shapes, for tiled training).
 
     Returns:
         Dict[str, object]: ``train_ann``, ``val_ann`` (JSON paths), ``train_img``, ``val_img``
@@ -276,9 +281,11 @@ def make_dataset(root: str = 'data/shapes', num_train: int = 600, num_val: int =
     _check('object_size', len(object_size) == 2 and 4 <= object_size[0] <= object_size[1]
            <= min(h, w), f'a pair (min, max) with 4 <= min <= max <= {min(h, w)}')
     _check('max_objects', isinstance(max_objects, int) and max_objects >= 1, 'an int >= 1')
+    _check('min_objects', isinstance(min_objects, int) and 1 <= min_objects <= max_objects,
+           f'an int in [1, max_objects={max_objects}]')
     _check('empty_prob', 0.0 <= empty_prob <= 1.0, 'in [0, 1]')
     _check('min_visible', 0.0 < min_visible <= 1.0, 'in (0, 1]')
-    image_kwargs = dict(max_objects=max_objects,
+    image_kwargs = dict(max_objects=max_objects, min_objects=min_objects,
                         object_size=(float(object_size[0]), float(object_size[1])),
                         empty_prob=float(empty_prob), min_visible=float(min_visible))
     os.makedirs(root, exist_ok=True)
@@ -310,12 +317,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     parser.add_argument('--image-size', type=int, nargs=2, default=(256, 256), metavar=('H', 'W'))
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--max-objects', type=int, default=6)
+    parser.add_argument('--min-objects', type=int, default=1)
     parser.add_argument('--object-size', type=float, nargs=2, default=None, metavar=('MIN', 'MAX'))
     parser.add_argument('--empty-prob', type=float, default=0.1)
     parser.add_argument('--min-visible', type=float, default=0.6)
     args = parser.parse_args(argv)
     paths = make_dataset(args.out, args.num_train, args.num_val, args.image_size, args.seed,
-                         args.max_objects, args.object_size, args.empty_prob, args.min_visible)
+                         args.max_objects, args.object_size, args.empty_prob, args.min_visible,
+                         args.min_objects)
     print(json.dumps(paths, indent=1))
     return paths
 

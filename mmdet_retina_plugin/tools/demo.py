@@ -69,7 +69,12 @@ def ensure_dataset(root: str, quick: bool) -> str:
     Returns:
         str: ``root`` as an absolute path.
     """
-    spec = QUICK_DATA if quick else FULL_DATA
+    return ensure_generated(root, QUICK_DATA if quick else FULL_DATA)
+
+
+def ensure_generated(root: str, spec: Dict[str, object]) -> str:
+    """Generates the data set ``make_dataset(root, **spec)`` unless ``root/meta.json`` shows it
+    is already there; returns ``root`` as an absolute path."""
     root = os.path.abspath(root)
     meta_path = os.path.join(root, META_FILE)
     wanted = dataset_meta(**spec)

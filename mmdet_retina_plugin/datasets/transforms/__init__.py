@@ -1,3 +1,4 @@
+from .retina_crop_tile import RetinaCropTile
 from .retina_sanitize_gt import RetinaSanitizeGt
 
-__all__ = ['RetinaSanitizeGt']
+__all__ = ['RetinaCropTile', 'RetinaSanitizeGt']
