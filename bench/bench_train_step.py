@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmdet.utils import register_all_modules
-from mmengine.optim import OptimWrapper
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.structures import InstanceData
 
 import mmdet_retina_plugin  # noqa: F401  (registers our modules)
@@ -27,25 +27,32 @@ IMG_SHAPES = [(800, 1216), (800, 1066)]
 NUM_GTS = 8
 
 
-def make_batch() -> Dict[str, list]:
+def make_batch(img_shapes: Sequence[Tuple[int, int]] = IMG_SHAPES,
+               num_gts: int = NUM_GTS) -> Dict[str, list]:
+    """Random uint8 images ``(3, H, W)`` with ``num_gts`` random boxes each (labels in
+    [0, 80)), as mmdet's dataloader hands them to ``train_step``."""
     g = torch.Generator().manual_seed(0)
     inputs, samples = [], []
-    for h, w in IMG_SHAPES:
+    for h, w in img_shapes:
         inputs.append(torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8))
-        xy = torch.rand(NUM_GTS, 2, generator=g) * torch.tensor([w, h]) * 0.8
-        wh = (torch.rand(NUM_GTS, 2, generator=g) * 0.3 + 0.02) * torch.tensor([w, h])
+        xy = torch.rand(num_gts, 2, generator=g) * torch.tensor([w, h]) * 0.8
+        wh = (torch.rand(num_gts, 2, generator=g) * 0.3 + 0.02) * torch.tensor([w, h])
         sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
                                              scale_factor=(1.0, 1.0)))
         sample.gt_instances = InstanceData(
             bboxes=torch.cat([xy, xy + wh], 1),
-            labels=torch.randint(0, 80, (NUM_GTS,), generator=g))
+            labels=torch.randint(0, 80, (num_gts,), generator=g))
         samples.append(sample)
     return dict(inputs=inputs, data_samples=samples)
 
 
-def train_step(model: torch.nn.Module, data: Dict[str, list]) -> Callable[[], None]:
-    wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9,
-                                           weight_decay=1e-4))
+def train_step(model: torch.nn.Module, data: Dict[str, list],
+               amp_dtype: Optional[str] = None) -> Callable[[], None]:
+    """``model.train_step`` with SGD; ``amp_dtype`` (``'float16'``, ``'bfloat16'``) uses
+    mmengine's ``AmpOptimWrapper`` (autocast in that dtype, a GPU only)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
+    wrapper = (OptimWrapper(optimizer) if amp_dtype is None
+               else AmpOptimWrapper(optimizer=optimizer, dtype=amp_dtype))
 
     def run() -> None:
         model.train_step(copy.copy(data), wrapper)

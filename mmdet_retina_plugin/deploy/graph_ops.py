@@ -1,7 +1,7 @@
 """Traceable pieces of RetinaNet's post-processing for an ONNX graph.
 
-The PyTorch head selects candidates with data-dependent shapes (``nonzero``) and runs the plugin's
-batched NMS; an exported graph needs static shapes up to NMS and ONNX's ``NonMaxSuppression``.
+The PyTorch head's post-processing keeps static shapes up to its own batched NMS, whose result
+it splits by image; an exported graph needs ONNX's ``NonMaxSuppression`` and padded outputs.
 Here: a per-level top-k of fixed width, mmcv ``batched_nms``'s class offsets, the NMS op (a torch
 custom op with a translation for each of ``torch.onnx.export``'s exporters) and the packing of its
 variable-length result into padded
@@ -15,6 +15,9 @@ import torch
 from onnxscript import FLOAT, INT64
 from onnxscript import opset18 as op
 from torch import Tensor
+
+# mmcv batched_nms's class separation, shared with the PyTorch head's batched NMS
+from ..models.layers.batched_nms import class_offset_boxes  # noqa: F401
 
 # Score of padded candidates and of candidates that fail ``score_thr`` / ``min_bbox_size``:
 # below any sigmoid output, and below the NMS op's score threshold.
@@ -39,27 +42,6 @@ def level_topk(logits: Tensor, k: int) -> Tuple[Tensor, Tensor]:
     pad = logits.new_full((logits.size(0), k), float('-inf'))
     values, cols = torch.cat([logits, pad], 1).topk(k, dim=1)
     return values, cols.clamp(max=logits.size(1) - 1)
-
-
-def class_offset_boxes(boxes: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
-    """mmcv ``batched_nms``'s class separation, per image: ``boxes + label * (max + 1)``.
-
-    ``max`` is the largest coordinate among the image's valid candidates, as mmcv computes it
-    over the candidates mmdet passes it; so the shifted coordinates, and hence the IoUs, round as
-    mmcv's do.
-
-    Args:
-        boxes (Tensor): ``(B, M, 4)`` x1y1x2y2.
-        labels (Tensor): ``(B, M)`` class ids.
-        valid (Tensor): ``(B, M)`` bool, candidates that reach NMS.
-
-    Returns:
-        Tensor: ``(B, M, 4)`` shifted boxes.
-    """
-    masked = torch.where(valid[..., None], boxes, boxes.new_tensor(float('-inf')))
-    top = masked.amax(dim=(1, 2))
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # no valid candidate
-    return boxes + (labels.to(boxes.dtype) * (top[:, None] + 1))[..., None]
 
 
 @torch.library.custom_op('mmdet_retina_plugin::onnx_nms', mutates_args=())

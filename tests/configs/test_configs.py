@@ -21,6 +21,7 @@ from mmengine.dataset import Compose
 from mmengine.structures import InstanceData
 
 from mmdet_retina_plugin.models.dense_heads.retina_net_head import RetinaNetHead
+from mmdet_retina_plugin.models.layers.frozen_batch_norm import RetinaFrozenBN
 
 # explicit import: registers RetinaHardNegativeCELoss whether or not models/losses exports it
 from mmdet_retina_plugin.models.losses.hard_negative_ce_loss import RetinaHardNegativeCELoss
@@ -135,6 +136,21 @@ def check_amp(cfg: Config, model: torch.nn.Module) -> None:
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
 
 
+def check_bf16_gpu_native(cfg: Config, model: torch.nn.Module) -> None:
+    """bf16 autocast, frozen BN as an affine, channels-last batches from pinned memory."""
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.dtype == 'bfloat16'
+    norms = [m for m in model.backbone.modules()
+             if isinstance(m, (RetinaFrozenBN, torch.nn.modules.batchnorm._BatchNorm))]
+    assert len(norms) == 53 and all(isinstance(m, RetinaFrozenBN) for m in norms)  # R50
+    assert not any(p.requires_grad for m in norms for p in m.parameters())
+    preprocessor = model.data_preprocessor
+    assert preprocessor.train_channels_last and preprocessor.test_channels_last
+    assert preprocessor._non_blocking is True
+    assert all(cfg[f'{split}_dataloader'].pin_memory for split in ('train', 'val', 'test'))
+    assert [h.type for h in cfg.custom_hooks].count('RetinaChannelsLastHook') == 1
+
+
 def check_prior_bias(prior: float) -> Callable:
     def check(cfg: Config, model: torch.nn.Module) -> None:
         head = model.bbox_head
@@ -185,6 +201,7 @@ EXPECTED: Dict[str, List[Callable]] = {
         check_plugin_retinanet, check_focal(2.0, 0.25), check_parity_neck_and_box_loss,
         check_multi_scale_3x, check_depth(50)],
     'retinanet/retina-plugin_r50_fpn_amp-1x_coco.py': RETINA_R50_1X + [check_amp],
+    'retinanet/retina-plugin_r50_fpn_bf16-1x_coco.py': RETINA_R50_1X + [check_bf16_gpu_native],
     'retinanet/retina-plugin_r101_fpn_1x_coco.py': [
         check_plugin_retinanet, check_parity_neck_and_box_loss, check_single_scale_1x,
         check_depth(101)],

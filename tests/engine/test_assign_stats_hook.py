@@ -93,6 +93,9 @@ def test_runner_logs_scalars(tmp_path):
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=10 ** 6)
     cfg.custom_hooks = [dict(type='RetinaAssignStatsHook', interval=1)]
     cfg.work_dir = str(tmp_path / 'work')
+    # a visualizer of its own: mmengine reuses an instance of the same name, and with it the
+    # log folder of an earlier runner in this process
+    cfg.visualizer.name = f'assign_stats_{tmp_path.name}'
     runner = Runner.from_cfg(cfg)
     runner.train()
 

@@ -48,7 +48,7 @@ if __name__ == '__main__':
     for name, head in (('local', local), ('sync', synced)):
         cls, box = head(feats)
         losses = head.loss_by_feat(cls, box, gts, metas)
-        out[name] = {k: v.item() for k, v in losses.items()}
+        out[name] = {k: float(sum(v)) for k, v in losses.items()}  # per-level lists
     sizes = [f.shape[-2:] for f in feats]
     anchors, _ = local.anchor_cache.anchors(sizes, torch.device('cpu'), torch.float32)
     valid = local.anchor_cache.valid_flags(sizes, [m['pad_shape'] for m in metas], 'cpu')

@@ -1,7 +1,8 @@
 from .assign_stats_hook import RetinaAssignStatsHook
 from .atomic_checkpoint_hook import RetinaAtomicCheckpointHook
+from .channels_last_hook import RetinaChannelsLastHook
 from .non_finite_guard_hook import RetinaNonFiniteGuardHook
 from .precise_bn_hook import RetinaPreciseBNHook
 
-__all__ = ['RetinaAssignStatsHook', 'RetinaAtomicCheckpointHook', 'RetinaNonFiniteGuardHook',
-           'RetinaPreciseBNHook']
+__all__ = ['RetinaAssignStatsHook', 'RetinaAtomicCheckpointHook', 'RetinaChannelsLastHook',
+           'RetinaNonFiniteGuardHook', 'RetinaPreciseBNHook']

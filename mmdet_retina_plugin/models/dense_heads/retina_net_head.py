@@ -4,13 +4,16 @@ mmdet's ``AnchorHead`` builds targets image by image and level by level (one ass
 five focal-loss calls and five box-loss calls per batch), and post-processes image by image.
 This head flattens the levels once and works on the whole batch: one assignment (through the
 assigner's ``assign_batch`` when it has one), one focal-loss call over ``B * sum(Hi*Wi*A)``
-anchors, one box-loss call over the positives only, a batched score filter / top-k / decode,
+anchors with per-level partial sums, one dense box-loss call over all anchors (weight 1 on
+positives), without host syncs and with shapes fixed by the batch's shapes and its largest gt
+count; a batched score filter / top-k / decode,
 and one class-wise NMS over the whole batch (``models/layers/batched_nms.py``). Losses and
 detections equal mmdet's ``RetinaHead`` (see ``tests/models/test_parity_retinanet.py``).
 """
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from typing import List, Optional, Sequence, Tuple
 
@@ -21,7 +24,6 @@ from mmdet.models import losses as mmdet_losses
 from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
 from mmdet.models.task_modules.samplers import PseudoSampler
 from mmdet.registry import MODELS, TASK_UTILS
-from mmdet.structures.bbox import get_box_tensor
 from mmdet.utils import ConfigType, InstanceList, OptConfigType, OptInstanceList, OptMultiConfig
 from mmengine.config import ConfigDict
 from torch import Tensor
@@ -32,21 +34,29 @@ from ..task_modules.prior_generators import AnchorCache
 from .retina_post_processing import (
     clip_boxes,
     decode_boxes,
+    detections_by_image,
     gather_level,
+    level_candidate_counts,
     logit_floor,
     min_size_mask,
-    nms_per_image,
     rescale_boxes,
     select_level_topk,
 )
 from .retina_targets import (
     BatchTargets,
-    anchor_targets,
+    GtBatch,
+    GtReporter,
+    assigned_boxes,
+    batch_targets,
+    encode_boxes,
     image_hw,
+    level_sums,
     moving_average,
-    positive_pairs,
-    report_bad_gts,
+    pad_gts,
 )
+
+#: mmdet's ``weight_reduce_loss`` divides by ``avg_factor + eps``.
+_AVG_EPS = torch.finfo(torch.float32).eps
 
 
 def _flatten_levels(maps: Sequence[Tensor], channels: int) -> Tensor:
@@ -56,8 +66,9 @@ def _flatten_levels(maps: Sequence[Tensor], channels: int) -> Tensor:
 
 
 #: Losses whose value is a sum over anchors (positives for box losses) divided by
-#: ``avg_factor``: one call over the batch equals mmdet's per-level calls summed.
-#: ``RetinaHardNegativeCELoss`` mines its negatives among all anchors of one call by design.
+#: ``avg_factor``: one call over the batch with ``reduction_override='none'``, summed per level,
+#: equals mmdet's per-level calls. ``RetinaHardNegativeCELoss`` mines its negatives among all
+#: anchors of one call by design.
 BATCHED_LOSSES = frozenset((
     RetinaFocalLoss, RetinaHardNegativeCELoss, mmdet_losses.FocalLoss,
     mmdet_losses.CrossEntropyLoss, mmdet_losses.L1Loss, mmdet_losses.SmoothL1Loss,
@@ -138,10 +149,17 @@ class RetinaNetHead(BaseDenseHead):
             :meth:`init_weights` (normal std 0.01, bias 0, class bias from ``prior_prob``); any
             other init_cfg is applied on top of it.
 
-    Losses whose value is a sum over anchors (ours, ``FocalLoss``, ``CrossEntropyLoss``,
-    ``L1Loss``, ``SmoothL1Loss``, the IoU losses, ...: :data:`BATCHED_LOSSES`) are called once
-    for the whole batch; any other loss (e.g. ``GHMC`` / ``GHMR``, which weigh by statistics of
-    the tensor they get) is called level by level on all anchors of the level, as mmdet calls it.
+    Losses come per level, as mmdet's ``AnchorHead`` returns them. A loss with a ``segments``
+    argument (``RetinaFocalLoss``) gives them from one call; other losses whose value is a sum
+    over anchors (``FocalLoss``, ``CrossEntropyLoss``, ``L1Loss``, ``SmoothL1Loss``, the IoU
+    losses, ...: :data:`BATCHED_LOSSES`) are called once for the whole batch without reduction
+    and summed per level (which also skips mmdet's ``torch.any(weight > 0)`` host sync in the box
+    losses); any other loss (e.g. ``GHMC`` / ``GHMR``, which weigh by statistics of the tensor
+    they get) is called level by level on all anchors of the level, as mmdet calls it, with
+    whatever host syncs it makes (mmdet's ``FocalLoss`` and ``CrossEntropyLoss`` make some of
+    their own, in ``one_hot`` and label expansion). With ``RetinaFocalLoss``, a batched box loss
+    and ``RetinaIoUAssigner`` (without ``gpu_assign_thr`` or ``perm_repeat_gt_cfg``, which move
+    data to the host on purpose) ``loss_by_feat`` issues no host sync.
     """
 
     def __init__(self,
@@ -216,7 +234,9 @@ class RetinaNetHead(BaseDenseHead):
                 "(RetinaFocalLoss, FocalLoss, CrossEntropyLoss(use_sigmoid=True)) or mmdet's "
                 'RetinaHead')
         self._cls_batched = type(self.loss_cls) in BATCHED_LOSSES
+        self._cls_segments = 'segments' in inspect.signature(self.loss_cls.forward).parameters
         self._box_batched = type(self.loss_bbox) in BATCHED_LOSSES
+        self.gt_reporter = GtReporter()
         if train_cfg:
             self.assigner = TASK_UTILS.build(train_cfg['assigner'])
             _check_sampler(train_cfg.get('sampler'))
@@ -309,7 +329,7 @@ class RetinaNetHead(BaseDenseHead):
                           batch_gt_instances: InstanceList, batch_img_metas: List[dict],
                           batch_gt_instances_ignore: OptInstanceList = None) -> BatchTargets:
         """Classification targets of a whole batch with this head's ``train_cfg`` and box
-        coder (see :func:`~.retina_targets.anchor_targets`).
+        coder (see :func:`~.retina_targets.batch_targets`).
 
         Args:
             anchors (Tensor): ``(A, 4)`` anchors of all levels (shared by the batch).
@@ -322,23 +342,28 @@ class RetinaNetHead(BaseDenseHead):
         Returns:
             BatchTargets: labels, weights, assignment and normaliser of the batch.
         """
-        return anchor_targets(
-            self.assigner, anchors, valid, batch_gt_instances, batch_img_metas,
-            self.num_classes, batch_gt_instances_ignore,
-            allowed_border=self.train_cfg.get('allowed_border', -1),
-            pos_weight=self.train_cfg.get('pos_weight', -1),
-            clip_border=getattr(self.bbox_coder, 'clip_border', True))
+        return self._targets(anchors, valid, pad_gts(
+            batch_gt_instances, batch_img_metas, batch_gt_instances_ignore, anchors))
+
+    def _targets(self, anchors: Tensor, valid: Tensor, gts: GtBatch) -> BatchTargets:
+        """:meth:`get_batch_targets` of padded gts."""
+        return batch_targets(self.assigner, anchors, valid, gts, self.num_classes,
+                             allowed_border=self.train_cfg.get('allowed_border', -1),
+                             pos_weight=self.train_cfg.get('pos_weight', -1),
+                             clip_border=getattr(self.bbox_coder, 'clip_border', True))
 
     def loss_by_feat(self, cls_scores: List[Tensor], bbox_preds: List[Tensor],
                      batch_gt_instances: InstanceList, batch_img_metas: List[dict],
                      batch_gt_instances_ignore: OptInstanceList = None) -> dict:
-        """Focal loss over all anchors and box loss over positives, both divided by
+        """Per-level focal loss over all anchors and box loss over positives, divided by
         ``avg_factor`` (sum over images of ``max(num_pos_i, 1)``, as mmdet; with
         ``sync_avg_factor``, its mean over all processes; with ``avg_factor_momentum``, its
-        moving average).
+        moving average). The tensor work is :meth:`retina_losses`.
 
         Gt boxes of width or height <= 0 (inside the image, when the box coder clips) are
-        ignored with a warning naming the image; non-finite gt boxes raise.
+        ignored with a warning naming the image; non-finite gt boxes raise. Both are reported
+        through :attr:`gt_reporter` without waiting for the device: at once for CPU tensors,
+        otherwise as soon as the device has passed the check, at the latest at the next call.
 
         Args:
             cls_scores (List[Tensor]): ``[(B, A*K, Hi, Wi)]`` logits.
@@ -350,87 +375,117 @@ class RetinaNetHead(BaseDenseHead):
             batch_gt_instances_ignore (OptInstanceList): per image ignored ``bboxes`` or None.
 
         Returns:
-            dict: ``loss_cls`` and ``loss_bbox`` scalars; they equal the sums over levels of
-            mmdet's per-level lists.
+            dict: ``loss_cls`` and ``loss_bbox``, each a list of 0-d tensors, one per level,
+            equal to mmdet's ``RetinaHead``'s.
 
         Raises:
             ValueError: a gt box has a NaN or infinite coordinate.
         """
         featmap_sizes = self._check_levels(cls_scores, bbox_preds)
         device = cls_scores[0].device
-        # float32 anchors like mmdet's get_anchors, whatever the score dtype
+        # 1. anchors: float32 like mmdet's get_anchors whatever the score dtype; cached by shape
         anchors, _ = self.anchor_cache.anchors(featmap_sizes, device, torch.float32)
         valid = self.anchor_cache.valid_flags(
             featmap_sizes, [m['pad_shape'] for m in batch_img_metas], device)
-        targets = self.get_batch_targets(anchors, valid, batch_gt_instances, batch_img_metas,
-                                         batch_gt_instances_ignore)
-        # nonzero waits for the device, so the gt report copied before it is now readable
-        img_idx, anchor_idx, pos_gt = positive_pairs(targets)
-        report_bad_gts(targets.gt_report, batch_img_metas)
+        gts = pad_gts(batch_gt_instances, batch_img_metas, batch_gt_instances_ignore, anchors)
+        loss_cls, loss_bbox, bad_gts = self.retina_losses(cls_scores, bbox_preds, anchors,
+                                                          valid, gts)
+        self.gt_reporter.submit(bad_gts, batch_img_metas)
+        return dict(loss_cls=list(loss_cls.unbind(0)), loss_bbox=list(loss_bbox.unbind(0)))
 
+    def retina_losses(self, cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor],
+                      anchors: Tensor, valid: Tensor, gts: GtBatch
+                      ) -> Tuple[Tensor, Tensor, Tensor]:
+        """The tensor core of :meth:`loss_by_feat`: targets, losses and normaliser from
+        tensors only, with shapes fixed by theirs (it compiles whole with ``torch.compile``).
+
+        Args:
+            cls_scores (Sequence[Tensor]): ``[(B, A*K, Hi, Wi)]`` logits.
+            bbox_preds (Sequence[Tensor]): ``[(B, A*4, Hi, Wi)]`` deltas.
+            anchors (Tensor): ``(S, 4)`` anchors of all levels, ``S = sum(Hi*Wi*A)``.
+            valid (Tensor): ``(B, S)`` bool, False on each image's padding.
+            gts (GtBatch): the padded gts (:func:`~.retina_targets.pad_gts`).
+
+        Returns:
+            Tuple[Tensor, Tensor, Tensor]: ``loss_cls`` and ``loss_bbox`` ``(L,)`` per level,
+            and the ``(2, B)`` counts of non-finite and degenerate gts left out.
+        """
+        level_sizes = [s.size(-2) * s.size(-1) * self.num_base_priors for s in cls_scores]
+        # 2. targets: assignment, labels, weights and the positive count
+        targets = self._targets(anchors, valid, gts)
+        # 3. normaliser of both losses: positives per image (>= 1), summed
         avg_factor = targets.avg_factor
         if self.sync_avg_factor:
             avg_factor = reduce_mean_avg_factor(avg_factor)
         if self.avg_factor_momentum is not None:
             avg_factor = moving_average(self.avg_factor_ema, avg_factor,
                                         self.avg_factor_momentum, update=self.training)
+        # 4. classification loss over all anchors, 5. box loss over positives
+        loss_cls = self._cls_loss(_flatten_levels(cls_scores, self.cls_out_channels), targets,
+                                  level_sizes, avg_factor)
+        loss_bbox = self._box_loss(_flatten_levels(bbox_preds, self.bbox_coder.encode_size),
+                                   anchors, targets, level_sizes, avg_factor)
+        return loss_cls, loss_bbox, targets.bad_gts
 
-        level_sizes = [h * w * self.num_base_priors for h, w in featmap_sizes]
-        flat_cls = _flatten_levels(cls_scores, self.cls_out_channels)
-        cls_args = (flat_cls, targets.labels, targets.label_weights)
-        if self._cls_batched:
-            loss_cls = self.loss_cls(*(t.flatten(0, 1) for t in cls_args),
-                                     avg_factor=avg_factor)
-        else:
-            loss_cls = sum(self.loss_cls(*(t.flatten(0, 1) for t in level),
-                                         avg_factor=avg_factor)
-                           for level in zip(*(t.split(level_sizes, 1) for t in cls_args)))
-
-        flat_box = _flatten_levels(bbox_preds, self.bbox_coder.encode_size)
-        pos_anchors = anchors[anchor_idx]
-        pos_target = pos_gt if self.reg_decoded_bbox else \
-            self.bbox_coder.encode(pos_anchors, pos_gt)
-        if self._box_batched:
-            pos_pred = flat_box[img_idx, anchor_idx]
-            if self.reg_decoded_bbox:
-                pos_pred = get_box_tensor(self.bbox_coder.decode(pos_anchors, pos_pred))
-            loss_bbox = self.loss_bbox(pos_pred, pos_target, avg_factor=avg_factor)
-        else:
-            loss_bbox = self._box_loss_per_level(flat_box, anchors, level_sizes, img_idx,
-                                                 anchor_idx, pos_target, avg_factor)
-        return dict(loss_cls=loss_cls, loss_bbox=loss_bbox)
-
-    def _box_loss_per_level(self, flat_box: Tensor, anchors: Tensor, level_sizes: List[int],
-                            img_idx: Tensor, anchor_idx: Tensor, pos_target: Tensor,
-                            avg_factor: Tensor) -> Tensor:
-        """``loss_bbox`` called level by level on every anchor, with weight 1 on positives and
-        0 elsewhere, as mmdet's ``AnchorHead.loss_by_feat_single`` calls it, summed.
+    def _cls_loss(self, flat_cls: Tensor, targets: BatchTargets, level_sizes: List[int],
+                  avg_factor: Tensor) -> Tensor:
+        """``loss_cls`` of each level.
 
         Args:
-            flat_box (Tensor): ``(B, A, D)`` predicted deltas.
-            anchors (Tensor): ``(A, 4)``.
-            level_sizes (List[int]): anchors per level, summing to ``A``.
-            img_idx (Tensor): ``(P,)`` image of each positive.
-            anchor_idx (Tensor): ``(P,)`` anchor of each positive.
-            pos_target (Tensor): ``(P, T)`` encoded targets (gt boxes with
-                ``reg_decoded_bbox``).
+            flat_cls (Tensor): ``(B, S, K)`` logits, levels in order.
+            targets (BatchTargets): the batch's targets.
+            level_sizes (List[int]): anchors per level, summing to ``S``.
             avg_factor (Tensor): the normaliser.
 
         Returns:
-            Tensor: the summed loss.
+            Tensor: ``(L,)``.
         """
-        batch = flat_box.size(0)
-        target = pos_target.new_zeros(batch, anchors.size(0), pos_target.size(-1))
-        target[img_idx, anchor_idx] = pos_target
-        weight = torch.zeros_like(target)
-        weight[img_idx, anchor_idx] = 1.0
-        pred = flat_box
+        args = (flat_cls, targets.labels, targets.label_weights)
+        if self._cls_segments:  # per-level partial sums of one fused pass
+            return self.loss_cls(*(t.flatten(0, 1) for t in args), avg_factor=avg_factor,
+                                 segments=level_sizes)
+        if self._cls_batched:
+            loss = self.loss_cls(*(t.flatten(0, 1) for t in args), reduction_override='none')
+            return level_sums(loss.reshape(flat_cls.shape), level_sizes) / (avg_factor + _AVG_EPS)
+        return torch.stack([
+            self.loss_cls(*(t.flatten(0, 1) for t in level), avg_factor=avg_factor)
+            for level in zip(*(t.split(level_sizes, 1) for t in args))])
+
+    def _box_loss(self, flat_box: Tensor, anchors: Tensor, targets: BatchTargets,
+                  level_sizes: List[int], avg_factor: Tensor) -> Tensor:
+        """``loss_bbox`` of each level, computed densely over every anchor with weight 1 on
+        positives and 0 elsewhere (mmdet's ``AnchorHead.loss_by_feat_single``), so that no
+        positive needs gathering.
+
+        Args:
+            flat_box (Tensor): ``(B, S, D)`` predicted deltas, levels in order.
+            anchors (Tensor): ``(S, 4)``.
+            targets (BatchTargets): the batch's targets.
+            level_sizes (List[int]): anchors per level, summing to ``S``.
+            avg_factor (Tensor): the normaliser.
+
+        Returns:
+            Tensor: ``(L,)``.
+        """
+        pos = targets.gt_inds > 0
+        all_anchors = anchors.expand(flat_box.size(0), -1, -1)
+        gt_boxes = assigned_boxes(targets, all_anchors)
         if self.reg_decoded_bbox:
-            pred = get_box_tensor(self.bbox_coder.decode(
-                anchors.expand(batch, -1, -1).reshape(-1, anchors.size(-1)),
-                flat_box.reshape(-1, flat_box.size(-1)))).reshape(batch, anchors.size(0), -1)
-        return sum(self.loss_bbox(*(t.flatten(0, 1) for t in level), avg_factor=avg_factor)
-                   for level in zip(*(t.split(level_sizes, 1) for t in (pred, target, weight))))
+            pred, target = decode_boxes(self.bbox_coder, all_anchors, flat_box), gt_boxes
+        else:
+            pred, target = flat_box, encode_boxes(
+                self.bbox_coder, all_anchors.reshape(-1, anchors.size(-1)),
+                gt_boxes.reshape(-1, 4)).view_as(flat_box)
+        if self._box_batched:
+            loss = self.loss_bbox(pred.flatten(0, 1), target.flatten(0, 1),
+                                  reduction_override='none').reshape(pos.shape + (-1,))
+            # a product, as mmdet weighs: a non-finite prediction poisons the loss alike
+            return level_sums(loss * pos[..., None].to(loss.dtype), level_sizes) / \
+                (avg_factor + _AVG_EPS)
+        weight = pos[..., None].expand_as(target).to(target.dtype)
+        return torch.stack([
+            self.loss_bbox(*(t.flatten(0, 1) for t in level), avg_factor=avg_factor)
+            for level in zip(*(t.split(level_sizes, 1) for t in (pred, target, weight)))])
 
     # ------------------------------------------------------------------ inference
     def predict_by_feat(self,
@@ -443,10 +498,13 @@ class RetinaNetHead(BaseDenseHead):
                         with_nms: bool = True) -> InstanceList:
         """Detections of a batch, equal to mmdet's ``BaseDenseHead.predict_by_feat``.
 
-        Per level, for the whole batch: the ``nms_pre`` best (anchor, class) pairs with a
-        sigmoid score above ``score_thr``; then decode, clip to each ``img_shape``, optional
-        rescale to the original image, ``min_bbox_size`` filter, class-wise NMS and
-        ``max_per_img`` (the steps are in :mod:`.retina_post_processing`).
+        Per level, for the whole batch: the ``nms_pre`` best (anchor, class) pairs, with a mask
+        of those whose sigmoid score exceeds ``score_thr``; then decode, clip to each
+        ``img_shape``, optional rescale to the original image, ``min_bbox_size`` mask, one
+        class-wise NMS for the whole batch and ``max_per_img`` (the steps are in
+        :mod:`.retina_post_processing`). Shapes are fixed up to the NMS: the host waits for the
+        device twice per batch with mmcv's plain ``nms`` (once without NMS; once more with
+        ``nms_pre <= 0``; image by image for other NMS types such as ``soft_nms``).
 
         Args:
             cls_scores (List[Tensor]): ``[(B, A*K, Hi, Wi)]`` logits.
@@ -469,22 +527,23 @@ class RetinaNetHead(BaseDenseHead):
         featmap_sizes = self._check_levels(cls_scores, bbox_preds)
         cfg = copy.deepcopy(self.test_cfg if cfg is None else cfg)
         score_thr = cfg.get('score_thr', 0)
-        # sigmoid is monotonic: pre-select on logits (no sigmoid over all B*A*K pairs), then
-        # apply mmdet's exact `sigmoid > score_thr` test on the survivors
-        floor = logit_floor(score_thr)
+        nms_pre = cfg.get('nms_pre', -1)
+        # every pair above score_thr: size each level's top-k by its largest candidate count
+        level_k = [nms_pre] * len(cls_scores) if nms_pre > 0 else \
+            level_candidate_counts(cls_scores, logit_floor(score_thr))
         _, level_anchors = self.anchor_cache.anchors(featmap_sizes, cls_scores[0].device,
                                                      cls_scores[0].dtype)
         scores, labels, deltas, anchors = [], [], [], []
-        for cls_score, bbox_pred, level in zip(cls_scores, bbox_preds, level_anchors):
-            sel = select_level_topk(cls_score, self.cls_out_channels, floor,
-                                    cfg.get('nms_pre', -1))
+        for cls_score, bbox_pred, level, k in zip(cls_scores, bbox_preds, level_anchors,
+                                                  level_k):
+            sel = select_level_topk(cls_score, self.cls_out_channels, k)
             level_deltas, level_priors = gather_level(bbox_pred, level, sel.base, sel.pixel)
             scores.append(sel.scores)
             labels.append(sel.labels)
             deltas.append(level_deltas)
             anchors.append(level_priors)
         scores, labels = torch.cat(scores, 1), torch.cat(labels, 1)  # (B, M)
-        keep = scores > score_thr
+        valid = scores > score_thr  # mmdet's exact test, on the selected pairs
         bboxes = decode_boxes(self.bbox_coder, torch.cat(anchors, 1), torch.cat(deltas, 1))
         if getattr(self.bbox_coder, 'clip_border', True):
             bboxes = clip_boxes(bboxes, image_hw(batch_img_metas, bboxes))
@@ -493,7 +552,7 @@ class RetinaNetHead(BaseDenseHead):
                 [m['scale_factor'] for m in batch_img_metas]))
         min_size = cfg.get('min_bbox_size', -1)
         if min_size >= 0:
-            keep &= min_size_mask(bboxes, min_size)
+            valid &= min_size_mask(bboxes, min_size)
         if not with_nms:
-            return nms_per_image(bboxes, scores, labels, keep, None)
-        return nms_per_image(bboxes, scores, labels, keep, cfg['nms'], cfg['max_per_img'])
+            return detections_by_image(bboxes, scores, labels, valid)
+        return detections_by_image(bboxes, scores, labels, valid, cfg['nms'], cfg['max_per_img'])

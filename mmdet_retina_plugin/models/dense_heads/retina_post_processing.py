@@ -1,20 +1,32 @@
-"""Post-processing of an anchor head's outputs for a whole batch, as small functions on tensors.
+"""Post-processing of an anchor head's outputs for a whole batch, on fixed shapes.
 
 The steps of mmdet's ``BaseDenseHead.predict_by_feat`` (and detectron2's
-``_decode_per_level_predictions``), each usable alone, e.g. by an exporter:
+``_decode_per_level_predictions``), each usable alone, e.g. by an exporter. Up to the NMS every
+tensor's shape follows from the batch's shapes and the config alone (no ``nonzero``, no
+``.item()``), so the host waits for the device twice per batch, both in step 5:
 
-1. :func:`select_level_topk`: per level and image, the ``nms_pre`` best (anchor, class) pairs
-   whose score passes ``score_thr``, read on the logits in their native ``(B, Ab*K, H, W)``
-   layout (no permute copy, no sigmoid over every pair);
+1. :func:`select_level_topk`: per level, for the whole batch, the ``min(nms_pre, Hi*Wi*A*K)``
+   best (anchor, class) pairs of each image (:func:`topk_rows`), read on the logits in their
+   memory order, NCHW or channels-last (no permute copy, no sigmoid over every pair); whether a
+   pair's score passes ``score_thr`` is a mask carried along, not a filter;
 2. :func:`gather_level`: the deltas and anchors of the selected pairs;
-3. :func:`decode_boxes`, :func:`clip_boxes`, :func:`rescale_boxes`, :func:`min_size_mask`;
-4. :func:`nms_per_image`: one class-wise NMS over the whole batch where
-   ``models/layers/batched_nms.py`` implements the config, mmcv's image by image otherwise.
+3. :func:`decode_boxes`, :func:`clip_boxes`, :func:`rescale_boxes`;
+4. :func:`min_size_mask`, and-ed into the mask (mmdet's ``min_bbox_size``);
+5. :func:`detections_by_image`: one class-wise NMS for the whole batch
+   (``models/layers/batched_nms.py``: two host reads), ``max_per_img`` and the split into
+   per-image ``InstanceData``; without NMS, the valid candidates (one host read). NMS configs
+   that module does not implement (e.g. ``soft_nms``) go through mmcv's ``batched_nms`` image
+   by image, which reads the host once or more per image.
+
+With ``nms_pre <= 0`` (every pair above ``score_thr``) the top-k of step 1 is sized by the
+largest per-image candidate count of each level, one more host read
+(:func:`level_candidate_counts`).
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, NamedTuple, Optional, Tuple
+from itertools import accumulate
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from mmcv.ops import batched_nms
@@ -23,16 +35,19 @@ from mmdet.utils import InstanceList
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from ..layers.batched_nms import batched_nms_batch
+from ..layers.batched_nms import batched_nms_padded
 from ..layers.batched_nms import supports as batched_nms_supports
+
+# Width of the blocks whose maxima pre-select the top-k (see topk_rows): the first pass reads
+# every logit once, vectorised; the second sorts k blocks of this many.
+_BLOCK = 64
 
 
 class LevelSelection(NamedTuple):
     """The pairs :func:`select_level_topk` kept on one level.
 
     Attributes:
-        scores (Tensor): ``(B, k)`` sigmoid scores, descending per image; padding (images with
-            fewer than ``k`` candidates) has score 0.
+        scores (Tensor): ``(B, k)`` sigmoid scores, descending per image.
         labels (Tensor): ``(B, k)`` long classes in ``[0, K)``.
         base (Tensor): ``(B, k)`` long base anchor in ``[0, Ab)``.
         pixel (Tensor): ``(B, k)`` long location ``y * W + x``.
@@ -45,8 +60,8 @@ class LevelSelection(NamedTuple):
 
 
 def logit_floor(score_thr: float) -> float:
-    """A logit below which no sigmoid score exceeds ``score_thr`` (with a small margin, so the
-    exact ``sigmoid > score_thr`` test still decides on the survivors)."""
+    """A logit below which no sigmoid score exceeds ``score_thr`` (with a small margin, so that
+    counting the logits above it never undercounts the pairs whose ``sigmoid > score_thr``)."""
     if score_thr <= 0:
         return -math.inf
     if score_thr >= 1:
@@ -54,62 +69,75 @@ def logit_floor(score_thr: float) -> float:
     return math.log(score_thr / (1 - score_thr)) - 1e-3
 
 
-def topk_above(logits: Tensor, floor: float, k: int) -> Tuple[Tensor, Tensor]:
-    """Per row, the ``k`` largest entries above ``floor`` (all of them if ``k <= 0``).
-
-    Selecting candidates first keeps ``topk`` off the millions of background entries. Row by
-    row (a batch has few images): a row's ``nonzero`` gives its column indices directly, with no
-    scatter of the candidates into a padded ``(B, N)`` table.
+def level_candidate_counts(cls_scores: Sequence[Tensor], floor: float) -> List[int]:
+    """For each level, the largest number of an image's logits above ``floor`` (one host read
+    for all levels).
 
     Args:
-        logits (Tensor): ``(B, N)``.
-        floor (float): entries ``<= floor`` are never selected.
-        k (int): how many per row; <= 0 for all above ``floor``.
+        cls_scores (Sequence[Tensor]): ``[(B, Ab*K, Hi, Wi)]`` logits, any memory layout.
+        floor (float): :func:`logit_floor` of ``score_thr``.
 
     Returns:
-        Tuple[Tensor, Tensor]: ``values`` ``(B, k')`` sorted descending and their column indices
-        ``(B, k')``; rows with fewer than ``k'`` candidates are padded with ``-inf`` (index 0).
+        List[int]: one count per level.
     """
-    picked = []
-    for row in logits:
-        cols = (row > floor).nonzero().squeeze(1)
-        values = row[cols]
-        values, order = values.topk(k) if 0 < k < values.numel() else \
-            values.sort(descending=True)
-        picked.append((values, cols[order]))
-    width = max((v.numel() for v, _ in picked), default=0)
-    values = logits.new_full((logits.size(0), width), -math.inf)
-    cols = torch.zeros((logits.size(0), width), dtype=torch.long, device=logits.device)
-    for i, (row_values, row_cols) in enumerate(picked):
-        values[i, :row_values.numel()] = row_values
-        cols[i, :row_cols.numel()] = row_cols
-    return values, cols
+    counts = torch.stack([(s.detach() > floor).sum((1, 2, 3)) for s in cls_scores])  # (L, B)
+    return counts.amax(1).tolist()
 
 
-def select_level_topk(cls_score: Tensor, num_classes: int, floor: float,
-                      nms_pre: int) -> LevelSelection:
-    """The best (anchor, class) pairs of one level for each image.
+def topk_rows(logits: Tensor, k: int) -> Tuple[Tensor, Tensor]:
+    """Per row, the ``min(k, N)`` largest entries, without sorting the whole row.
+
+    The maxima of blocks of ``_BLOCK`` consecutive entries are computed first; the ``k``
+    blocks with the largest maxima hold the row's ``k`` largest entries (a block left out has
+    a maximum no larger than ``k`` other blocks', each holding an entry at least as large), so
+    ``topk`` then runs over ``k * _BLOCK`` entries instead of ``N``. Only the order among equal
+    values can differ from ``logits.topk(k)``.
+
+    Args:
+        logits (Tensor): ``(B, N)``, rows of unit stride (any row stride; a view is read in
+            place).
+        k (int): entries per row, >= 0.
+
+    Returns:
+        Tuple[Tensor, Tensor]: ``values`` ``(B, min(k, N))`` descending and their column
+        indices ``(B, min(k, N))``.
+    """
+    batch, num = logits.shape
+    k = min(k, num)
+    num_blocks = num // _BLOCK
+    if num_blocks <= 2 * k:  # too few blocks to pay for the first pass
+        return logits.topk(k, dim=1)
+    body = logits[:, :num_blocks * _BLOCK].unflatten(1, (num_blocks, _BLOCK))
+    blocks = body.amax(2).topk(k, dim=1).indices  # (B, k)
+    inside = torch.arange(_BLOCK, device=logits.device)
+    cols = torch.cat([(blocks[..., None] * _BLOCK + inside).flatten(1),  # (B, k * _BLOCK)
+                      torch.arange(num_blocks * _BLOCK, num, device=logits.device)
+                      .expand(batch, -1)], 1)  # the tail that fills no block
+    values, picked = logits.gather(1, cols).topk(k, dim=1)
+    return values, cols.gather(1, picked)
+
+
+def select_level_topk(cls_score: Tensor, num_classes: int, k: int) -> LevelSelection:
+    """The ``k`` best (anchor, class) pairs of one level for each image.
 
     Args:
         cls_score (Tensor): ``(B, Ab*K, H, W)`` logits; channel ``a*K + k`` is class ``k`` of
             base anchor ``a``. Read in its memory order, NCHW or channels-last, without a copy.
         num_classes (int): ``K``.
-        floor (float): :func:`logit_floor` of ``score_thr``.
-        nms_pre (int): pairs kept per image (<= 0: all above ``floor``).
+        k (int): pairs kept per image (all ``H*W*Ab*K`` if larger).
 
     Returns:
-        LevelSelection: scores, classes and positions of the kept pairs.
+        LevelSelection: scores, classes and positions of the ``min(k, H*W*Ab*K)`` best pairs.
     """
     batch, channels, height, width = cls_score.shape
     logits = cls_score.detach()
     if not logits.is_contiguous() and logits.is_contiguous(memory_format=torch.channels_last):
         # flat index into (H*W, Ab*K): pixel * Ab*K + a*K + k (mmdet's own order)
-        top_logits, flat = topk_above(logits.permute(0, 2, 3, 1).reshape(batch, -1), floor,
-                                      nms_pre)
+        top_logits, flat = topk_rows(logits.permute(0, 2, 3, 1).reshape(batch, -1), k)
         channel, pixel = flat % channels, flat // channels
     else:
         # flat index into (Ab*K, H*W): (a*K + k) * H*W + pixel
-        top_logits, flat = topk_above(logits.reshape(batch, -1), floor, nms_pre)
+        top_logits, flat = topk_rows(logits.reshape(batch, -1), k)
         channel, pixel = flat // (height * width), flat % (height * width)
     return LevelSelection(top_logits.sigmoid(), channel % num_classes, channel // num_classes,
                           pixel)
@@ -167,36 +195,48 @@ def min_size_mask(bboxes: Tensor, min_size: float) -> Tensor:
         & (bboxes[..., 3] - bboxes[..., 1] > min_size)
 
 
-def nms_per_image(bboxes: Tensor, scores: Tensor, labels: Tensor, keep: Tensor,
-                  nms_cfg: Optional[Dict] = None,
-                  max_per_img: Optional[int] = None) -> InstanceList:
-    """Class-wise NMS and ``max_per_img`` of each image's kept candidates.
+def detections_by_image(bboxes: Tensor, scores: Tensor, labels: Tensor, valid: Tensor,
+                        nms_cfg: Optional[Dict] = None,
+                        max_per_img: Optional[int] = None) -> InstanceList:
+    """Class-wise NMS and ``max_per_img`` of each image's valid candidates, split by image.
 
     Args:
-        bboxes (Tensor): ``(B, M, 4)``.
+        bboxes (Tensor): ``(B, M, 4)`` x1y1x2y2.
         scores (Tensor): ``(B, M)``.
-        labels (Tensor): ``(B, M)``.
-        keep (Tensor): ``(B, M)`` bool, candidates that passed the filters.
-        nms_cfg (Dict, optional): mmcv ``batched_nms`` config; None returns the kept
-            candidates without NMS or ``max_per_img`` (mmdet's ``with_nms=False``).
+        labels (Tensor): ``(B, M)`` long classes in ``[0, K)``.
+        valid (Tensor): ``(B, M)`` bool, candidates that passed the filters.
+        nms_cfg (Dict, optional): mmcv ``batched_nms`` config; None returns the valid
+            candidates in their order, without NMS or ``max_per_img`` (mmdet's
+            ``with_nms=False``; one host read).
         max_per_img (int, optional): detections kept per image after NMS (None: all).
 
     Returns:
         InstanceList: per image ``bboxes`` ``(N, 4)``, ``scores`` ``(N,)`` (descending after
         NMS), ``labels`` ``(N,)``.
     """
-    num_imgs = scores.size(0)
-    if nms_cfg is not None and batched_nms_supports(nms_cfg):
-        img_ids = torch.arange(num_imgs, device=keep.device)[:, None].expand_as(keep)[keep]
-        cand = InstanceData(bboxes=bboxes[keep], scores=scores[keep], labels=labels[keep])
-        return [cand[k] for k in batched_nms_batch(cand.bboxes, cand.scores, cand.labels,
-                                                   img_ids, num_imgs, nms_cfg, max_per_img)]
+    if nms_cfg is not None and not batched_nms_supports(nms_cfg):
+        return _mmcv_nms_by_image(bboxes, scores, labels, valid, nms_cfg, max_per_img)
+    if nms_cfg is None:
+        counts = valid.sum(1).tolist()  # the host read
+        # the valid candidates first, image after image, each in its order
+        keep = (~valid).flatten().to(torch.uint8).argsort(stable=True)[:sum(counts)]
+    else:
+        keep, counts = batched_nms_padded(bboxes, scores, labels, valid, nms_cfg, max_per_img)
+    found = InstanceData(bboxes=bboxes.flatten(0, 1)[keep], scores=scores.flatten()[keep],
+                         labels=labels.flatten()[keep])
+    return [found[end - n:end] for n, end in zip(counts, accumulate(counts))]
+
+
+def _mmcv_nms_by_image(bboxes: Tensor, scores: Tensor, labels: Tensor, valid: Tensor,
+                       nms_cfg: Dict, max_per_img: Optional[int]) -> InstanceList:
+    """mmcv's ``batched_nms`` image by image (the NMS variants ``batched_nms_padded`` does not
+    implement, e.g. ``soft_nms``, which may rescore); arguments as :func:`detections_by_image`.
+    """
     results = []
-    for i in range(num_imgs):
-        res = InstanceData(bboxes=bboxes[i][keep[i]], scores=scores[i][keep[i]],
-                           labels=labels[i][keep[i]])
-        if nms_cfg is not None and res.bboxes.numel() > 0:
-            # NMS variants batched_nms_batch does not implement (e.g. soft_nms): mmcv's
+    for img_boxes, img_scores, img_labels, img_valid in zip(bboxes, scores, labels, valid):
+        res = InstanceData(bboxes=img_boxes[img_valid], scores=img_scores[img_valid],
+                           labels=img_labels[img_valid])
+        if res.bboxes.numel() > 0:
             dets, nms_keep = batched_nms(res.bboxes, res.scores, res.labels, nms_cfg)
             res = res[nms_keep]
             res.scores = dets[:, -1]

@@ -4,14 +4,19 @@ labels / weights, and the loss normaliser with its optional moving average.
 Everything works on ``(B, A)`` tensors over the anchors of all levels (``A = sum(Hi*Wi*Ab)``,
 ``Ab`` base anchors per location), with per-image gts padded to ``(B, G, 4)``. The semantics are
 mmdet's ``AnchorHead.get_targets`` with ``PseudoSampler`` (every valid anchor is a sample).
+Nothing here makes the host wait for the device (no ``nonzero``, ``item``, boolean indexing or
+blocking copies) except mmdet assigners without ``assign_batch``: every shape follows from the
+anchors' and the largest gt count, and bad gts are reported through :class:`GtReporter`.
 ``RetinaNetHead`` builds its losses on these, and ``RetinaAssignStatsHook`` counts them.
 """
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple, Optional, Protocol, Sequence, Tuple
+from collections import deque
+from typing import Deque, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 import torch
+from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
 from mmdet.structures.bbox import get_box_tensor
 from mmdet.utils import InstanceList, OptInstanceList
 from mmengine.structures import InstanceData
@@ -62,21 +67,25 @@ class BatchAssigner(Protocol):
         ...
 
 
-class GtReport(NamedTuple):
-    """Per-image counts of gt boxes that :func:`check_gts` left out, on the host.
-
-    The counts are copied from the device without waiting (``non_blocking``); read them with
-    :func:`report_bad_gts` only after something has synchronised with the device (the head
-    reads them after ``nonzero`` over the positive anchors, which waits anyway).
+class GtBatch(NamedTuple):
+    """The gts of a batch as padded device tensors: what the tensor core of the loss reads.
 
     Attributes:
-        non_finite (Tensor): ``(B,)`` long, gts with a NaN or infinite coordinate.
-        degenerate (Tensor): ``(B,)`` long, finite gts of width or height <= 0 (after clipping
-            to the image where the box coder clips).
+        bboxes (Tensor): ``(B, G, 4)`` x1y1x2y2 gt boxes, zero-padded to the largest gt count.
+        labels (Tensor): ``(B, G)`` long classes in ``[0, K)`` (padding 0, unused).
+        valid (Tensor): ``(B, G)`` bool, False for padding.
+        img_hw (Tensor): ``(B, 2)`` image ``(h, w)`` (``img_shape``), the anchors' dtype.
+        ignore_bboxes (Tensor, optional): ``(B, Gi, 4)`` ignore regions, zero-padded; None when
+            no image has any.
+        ignore_valid (Tensor, optional): ``(B, Gi)`` bool, False for padding.
     """
 
-    non_finite: Tensor
-    degenerate: Tensor
+    bboxes: Tensor
+    labels: Tensor
+    valid: Tensor
+    img_hw: Tensor
+    ignore_bboxes: Optional[Tensor] = None
+    ignore_valid: Optional[Tensor] = None
 
 
 class BatchTargets(NamedTuple):
@@ -94,7 +103,9 @@ class BatchTargets(NamedTuple):
             ``PseudoSampler`` normaliser).
         anchor_valid (Tensor): ``(B, A)`` bool, anchors that took part in the assignment
             (inside the image's padding and, with ``allowed_border >= 0``, its border).
-        gt_report (GtReport): gts left out of the assignment, per image.
+        bad_gts (Tensor): ``(2, B)`` long, on the device: per image the gts left out of the
+            assignment for a NaN / infinite coordinate (row 0) or for width or height <= 0
+            (row 1); see :func:`check_gts` and :class:`GtReporter`.
     """
 
     labels: Tensor
@@ -103,11 +114,32 @@ class BatchTargets(NamedTuple):
     gt_bboxes: Tensor
     avg_factor: Tensor
     anchor_valid: Tensor
-    gt_report: GtReport
+    bad_gts: Tensor
+
+
+def host_tensor(values: Sequence, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A tensor of host values on ``device`` without waiting for the device.
+
+    A plain ``torch.tensor(values, device='cuda')`` copies from pageable memory and then waits
+    for the whole stream; from pinned memory the copy is queued (``non_blocking``) and the host
+    goes on.
+
+    Args:
+        values (Sequence): nested Python numbers.
+        dtype (torch.dtype): dtype of the result.
+        device (torch.device): device of the result.
+
+    Returns:
+        Tensor: ``torch.tensor(values, dtype=dtype)`` on ``device``.
+    """
+    host = torch.tensor(values, dtype=dtype)
+    if torch.device(device).type == 'cuda':
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
 
 
 def pad_images(items: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
-    """Pads per-image ``[(Gi, ...)]`` with zeros.
+    """Pads per-image ``[(Gi, ...)]`` with zeros, without a host sync.
 
     Args:
         items (Sequence[Tensor]): one tensor per image, ``(Gi, ...)``, on one device.
@@ -117,7 +149,7 @@ def pad_images(items: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
         real entries, ``G = max(Gi)``.
     """
     device = items[0].device
-    counts = torch.tensor([t.size(0) for t in items], device=device)
+    counts = host_tensor([t.size(0) for t in items], torch.long, device)
     padded = pad_sequence(list(items), batch_first=True)
     valid = torch.arange(padded.size(1), device=device) < counts[:, None]
     return padded, valid
@@ -125,7 +157,33 @@ def pad_images(items: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
 
 def image_hw(batch_img_metas: Sequence[dict], like: Tensor) -> Tensor:
     """``(B, 2)`` ``(h, w)`` of each image's ``img_shape``, with ``like``'s dtype and device."""
-    return like.new_tensor([m['img_shape'][:2] for m in batch_img_metas])
+    return host_tensor([m['img_shape'][:2] for m in batch_img_metas], like.dtype, like.device)
+
+
+def pad_gts(batch_gt_instances: InstanceList, batch_img_metas: Sequence[dict],
+            batch_gt_instances_ignore: OptInstanceList, like: Tensor) -> GtBatch:
+    """Pads a batch's gts (and ignore regions) into a :class:`GtBatch` on ``like``'s device.
+
+    Args:
+        batch_gt_instances (InstanceList): per image ``bboxes`` ``(Gi, 4)`` and ``labels``
+            ``(Gi,)``.
+        batch_img_metas (Sequence[dict]): per image meta with ``img_shape``.
+        batch_gt_instances_ignore (OptInstanceList): per image ignored ``bboxes`` or None.
+        like (Tensor): boxes take its dtype and device (the anchors).
+
+    Returns:
+        GtBatch: the padded tensors.
+    """
+    bboxes, valid = pad_images([get_box_tensor(g.bboxes).to(like) for g in batch_gt_instances])
+    labels, _ = pad_images([g.labels.to(like.device) for g in batch_gt_instances])
+    ignores = batch_gt_instances_ignore or [None] * len(batch_gt_instances)
+    ignore_bboxes = ignore_valid = None
+    if any(ig is not None for ig in ignores):
+        ignore_bboxes, ignore_valid = pad_images(
+            [get_box_tensor(ig.bboxes).to(like) if ig is not None else like.new_zeros(0, 4)
+             for ig in ignores])
+    return GtBatch(bboxes, labels.long(), valid, image_hw(batch_img_metas, like),
+                   ignore_bboxes, ignore_valid)
 
 
 def inside_border(anchors: Tensor, valid: Tensor, img_hw: Tensor,
@@ -150,7 +208,7 @@ def inside_border(anchors: Tensor, valid: Tensor, img_hw: Tensor,
 
 
 def check_gts(gt_bboxes: Tensor, gt_valid: Tensor, img_hw: Tensor,
-              clip_border: bool) -> Tuple[Tensor, Tensor, GtReport]:
+              clip_border: bool) -> Tuple[Tensor, Tensor, Tensor]:
     """Finds gt boxes that no anchor may learn from, on the device (no host sync).
 
     A zero-width box has IoU 0 with every anchor, and an assigner with ``min_pos_iou=0`` then
@@ -165,9 +223,9 @@ def check_gts(gt_bboxes: Tensor, gt_valid: Tensor, img_hw: Tensor,
         clip_border (bool): measure the boxes clipped to ``[0, w] x [0, h]``.
 
     Returns:
-        Tuple[Tensor, Tensor, GtReport]: ``gt_bboxes`` with non-finite boxes zeroed (so no NaN
-        reaches the assigner), the ``(B, G)`` mask of usable gts, and the per-image counts of
-        what was left out.
+        Tuple[Tensor, Tensor, Tensor]: ``gt_bboxes`` with non-finite boxes zeroed (so no NaN
+        reaches the assigner), the ``(B, G)`` mask of usable gts, and the ``(2, B)`` long
+        per-image counts of non-finite (row 0) and degenerate (row 1) gts left out.
     """
     finite = gt_bboxes.isfinite().all(-1)
     boxes = torch.where(finite[..., None], gt_bboxes, 0.0)
@@ -179,39 +237,88 @@ def check_gts(gt_bboxes: Tensor, gt_valid: Tensor, img_hw: Tensor,
     positive = (boxes_seen[..., 2:] > boxes_seen[..., :2]).all(-1)
     usable = gt_valid & finite & positive
     counts = torch.stack([(gt_valid & ~finite).sum(1), (gt_valid & finite & ~positive).sum(1)])
-    counts = counts.to('cpu', non_blocking=True)
-    return boxes, usable, GtReport(counts[0], counts[1])
+    return boxes, usable, counts
 
 
-def report_bad_gts(report: GtReport, batch_img_metas: Sequence[dict]) -> None:
-    """Raises for non-finite gts and warns once per image about degenerate ones.
+class _PendingReport(NamedTuple):
+    """Bad-gt counts on their way to the host: readable once ``ready`` has completed."""
 
-    Args:
-        report (GtReport): from :func:`check_gts`; read only after a device synchronisation.
-        batch_img_metas (Sequence[dict]): per-image metas; ``img_id`` / ``img_path`` name the
-            image when present.
+    counts: Tensor
+    ready: Optional[torch.cuda.Event]
+    names: Tuple[str, ...]
 
-    Raises:
-        ValueError: some gt box has a NaN or infinite coordinate.
+
+class GtReporter:
+    """Raises for non-finite gts and warns once per image about degenerate ones, without
+    making the host wait for the device.
+
+    Counts on the CPU are read at once. Device counts are copied ``non_blocking`` into pinned
+    memory behind a recorded CUDA event and read when the event has completed: at the next
+    :meth:`submit` or :meth:`poll` that finds it done, and at the latest at the next
+    :meth:`submit` (one training step later; by then the device has long passed the event, so
+    waiting on it costs nothing) or :meth:`flush`. On CUDA the ``ValueError`` for a non-finite
+    gt therefore comes from the next step's loss; meanwhile the box was left out of the
+    assignment, so no NaN reached the losses.
     """
-    def name(i: int) -> str:
-        meta = batch_img_metas[i]
-        return f"img_id={meta.get('img_id')!r} img_path={meta.get('img_path')!r}"
 
-    non_finite = report.non_finite.tolist()
-    if any(non_finite):
-        raise ValueError('gt bboxes must be finite; NaN or inf in ' + '; '.join(
-            f'{n} box(es) of image {i} ({name(i)})' for i, n in enumerate(non_finite) if n))
-    for i, n in enumerate(report.degenerate.tolist()):
-        if n:
-            warnings.warn(f'{n} gt box(es) of image {i} ({name(i)}) have width or height <= 0 '
-                          '(inside the image) and are ignored: no positive anchors, no box loss',
-                          stacklevel=2)
+    def __init__(self) -> None:
+        self._pending: Deque[_PendingReport] = deque()
+
+    def submit(self, counts: Tensor, batch_img_metas: Sequence[dict]) -> None:
+        """Queues one batch's counts, after reporting every batch queued before it.
+
+        Args:
+            counts (Tensor): ``(2, B)`` long from :func:`check_gts`.
+            batch_img_metas (Sequence[dict]): per-image metas; ``img_id`` / ``img_path`` name
+                the image when present.
+
+        Raises:
+            ValueError: a gt box of this batch (on the CPU) or of an earlier one has a NaN or
+                infinite coordinate.
+        """
+        self.flush()
+        names = tuple(f"img_id={m.get('img_id')!r} img_path={m.get('img_path')!r}"
+                      for m in batch_img_metas)
+        ready = None
+        if counts.device.type != 'cpu':
+            host = torch.empty(counts.shape, dtype=counts.dtype, pin_memory=True)
+            counts = host.copy_(counts.detach(), non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+        self._pending.append(_PendingReport(counts, ready, names))
+        self.poll()
+
+    def poll(self) -> None:
+        """Reports the queued batches whose counts have reached the host, oldest first."""
+        while self._pending and (self._pending[0].ready is None
+                                 or self._pending[0].ready.query()):
+            self._report(self._pending.popleft())
+
+    def flush(self) -> None:
+        """Reports every queued batch, waiting for the device where a copy is still on its
+        way."""
+        while self._pending:
+            pending = self._pending.popleft()
+            if pending.ready is not None:
+                pending.ready.synchronize()
+            self._report(pending)
+
+    @staticmethod
+    def _report(pending: _PendingReport) -> None:
+        non_finite, degenerate = pending.counts.tolist()  # on the host: no sync
+        if any(non_finite):
+            raise ValueError('gt bboxes must be finite; NaN or inf in ' + '; '.join(
+                f'{n} box(es) of image {i} ({pending.names[i]})'
+                for i, n in enumerate(non_finite) if n))
+        for i, n in enumerate(degenerate):
+            if n:
+                warnings.warn(f'{n} gt box(es) of image {i} ({pending.names[i]}) have width or '
+                              'height <= 0 (inside the image) and are ignored: no positive '
+                              'anchors, no box loss', stacklevel=3)
 
 
-def assign_anchors(assigner: object, anchors: Tensor, valid: Tensor, gt_bboxes: Tensor,
-                   gt_valid: Tensor, batch_gt_instances: InstanceList,
-                   batch_gt_instances_ignore: OptInstanceList = None) -> Tuple[Tensor, Tensor]:
+def assign_anchors(assigner: object, anchors: Tensor, valid: Tensor, gts: GtBatch,
+                   gt_usable: Tensor) -> Tuple[Tensor, Tensor]:
     """Assigns every anchor of every image, in one call when ``assigner`` is a
     :class:`BatchAssigner`, else image by image through mmdet's ``assign``.
 
@@ -219,35 +326,30 @@ def assign_anchors(assigner: object, anchors: Tensor, valid: Tensor, gt_bboxes: 
         assigner (object): a :class:`BatchAssigner` or any mmdet assigner.
         anchors (Tensor): ``(A, 4)``.
         valid (Tensor): ``(B, A)`` bool, anchors taking part in the assignment.
-        gt_bboxes (Tensor): ``(B, G, 4)`` padded gt boxes.
-        gt_valid (Tensor): ``(B, G)`` bool, the gts to assign (padding and left-out gts False).
-        batch_gt_instances (InstanceList): per image ``labels`` ``(Gi,)`` (and ``bboxes``).
-        batch_gt_instances_ignore (OptInstanceList): per image ignored ``bboxes`` or None.
+        gts (GtBatch): the padded gts (``bboxes`` as cleaned by :func:`check_gts`).
+        gt_usable (Tensor): ``(B, G)`` bool, the gts to assign (padding and left-out gts False).
 
     Returns:
         Tuple[Tensor, Tensor]: ``gt_inds`` ``(B, A)`` (0 negative, -1 ignored or invalid,
-        ``k > 0`` means gt ``k - 1`` of ``gt_bboxes``) and ``labels`` ``(B, A)`` (class of the
+        ``k > 0`` means gt ``k - 1`` of ``gts.bboxes``) and ``labels`` ``(B, A)`` (class of the
         assigned gt, -1 where not positive).
     """
-    ignores = batch_gt_instances_ignore or [None] * len(batch_gt_instances)
     if hasattr(assigner, 'assign_batch'):
-        gt_labels, _ = pad_images([g.labels.to(anchors.device) for g in batch_gt_instances])
-        ignore_bboxes = ignore_valid = None
-        if any(ig is not None for ig in ignores):
-            ignore_bboxes, ignore_valid = pad_images(
-                [get_box_tensor(ig.bboxes).to(anchors) if ig is not None
-                 else anchors.new_zeros(0, 4) for ig in ignores])
         res = assigner.assign_batch(
-            priors=anchors, gt_bboxes=gt_bboxes, gt_labels=gt_labels, gt_valid=gt_valid,
-            prior_valid=valid, gt_bboxes_ignore=ignore_bboxes, ignore_valid=ignore_valid)
+            priors=anchors, gt_bboxes=gts.bboxes, gt_labels=gts.labels, gt_valid=gt_usable,
+            prior_valid=valid, gt_bboxes_ignore=gts.ignore_bboxes,
+            ignore_valid=gts.ignore_valid)
         return res.gt_inds, res.labels
-    # Per image, on the valid anchors only like mmdet, scattered back to all anchors. This path
-    # syncs anyway, so it may ask whether any gt was left out.
+    # Per image, on the valid anchors only like mmdet, scattered back to all anchors. mmdet's
+    # assigners take data-dependent shapes, so this path syncs anyway.
     gt_inds = valid.new_full(valid.shape, -1, dtype=torch.long)
     labels = valid.new_full(valid.shape, -1, dtype=torch.long)
-    for i, (gt, ignore) in enumerate(zip(batch_gt_instances, ignores)):
-        kept = gt_valid[i, :len(gt)].nonzero().squeeze(1)
-        gt_i = InstanceData(bboxes=gt_bboxes[i, kept], labels=gt.labels[kept])
+    for i in range(valid.size(0)):
+        kept = gt_usable[i].nonzero().squeeze(1)
+        gt_i = InstanceData(bboxes=gts.bboxes[i, kept], labels=gts.labels[i, kept])
+        ignore = None
+        if gts.ignore_bboxes is not None:
+            ignore = InstanceData(bboxes=gts.ignore_bboxes[i, gts.ignore_valid[i]])
         res = assigner.assign(InstanceData(priors=anchors[valid[i]]), gt_i, ignore)
         # back to indices of the image's padded gts: lookup[k] = kept[k - 1] + 1, lookup[0] = 0
         lookup = torch.cat([kept.new_zeros(1), kept + 1])
@@ -257,23 +359,21 @@ def assign_anchors(assigner: object, anchors: Tensor, valid: Tensor, gt_bboxes: 
     return gt_inds, labels
 
 
-def anchor_targets(assigner: object, anchors: Tensor, valid: Tensor,
-                   batch_gt_instances: InstanceList, batch_img_metas: Sequence[dict],
-                   num_classes: int, batch_gt_instances_ignore: OptInstanceList = None,
-                   allowed_border: float = -1, pos_weight: float = -1,
-                   clip_border: bool = True) -> BatchTargets:
+def batch_targets(assigner: object, anchors: Tensor, valid: Tensor, gts: GtBatch,
+                  num_classes: int, allowed_border: float = -1, pos_weight: float = -1,
+                  clip_border: bool = True) -> BatchTargets:
     """Classification targets of a whole batch (mmdet ``AnchorHead.get_targets`` with
     ``PseudoSampler``), leaving out unusable gts (see :func:`check_gts`).
+
+    Without host syncs when ``assigner`` assigns the batch without them (``RetinaIoUAssigner``
+    in its default modes): every shape follows from the anchors' and the padded gts'.
 
     Args:
         assigner (object): a :class:`BatchAssigner` or any mmdet assigner.
         anchors (Tensor): ``(A, 4)`` anchors of all levels (shared by the batch).
         valid (Tensor): ``(B, A)`` bool, False on each image's padding.
-        batch_gt_instances (InstanceList): per image ``bboxes`` ``(Gi, 4)`` and ``labels``
-            ``(Gi,)`` in ``[0, K)``.
-        batch_img_metas (Sequence[dict]): per image meta with ``img_shape``.
+        gts (GtBatch): the padded gts, from :func:`pad_gts`.
         num_classes (int): ``K``; label ``K`` is background.
-        batch_gt_instances_ignore (OptInstanceList): per image ignored ``bboxes`` or None.
         allowed_border (float): see :func:`inside_border` (``train_cfg.allowed_border``).
         pos_weight (float): classification weight of positives; <= 0 means 1.
         clip_border (bool): gts are measured clipped to the image (the box coder's
@@ -282,21 +382,97 @@ def anchor_targets(assigner: object, anchors: Tensor, valid: Tensor,
     Returns:
         BatchTargets: labels, weights, assignment and normaliser of the batch.
     """
-    img_hw = image_hw(batch_img_metas, anchors)
-    valid = inside_border(anchors, valid, img_hw, allowed_border)
-    gt_bboxes, gt_valid = pad_images(
-        [get_box_tensor(g.bboxes).to(anchors) for g in batch_gt_instances])
-    gt_bboxes, usable, report = check_gts(gt_bboxes, gt_valid, img_hw, clip_border)
-    gt_inds, assigned = assign_anchors(assigner, anchors, valid, gt_bboxes, usable,
-                                       batch_gt_instances, batch_gt_instances_ignore)
+    valid = inside_border(anchors, valid, gts.img_hw, allowed_border)
+    gt_bboxes, usable, bad_gts = check_gts(gts.bboxes, gts.valid, gts.img_hw, clip_border)
+    gt_inds, assigned = assign_anchors(assigner, anchors, valid, gts._replace(bboxes=gt_bboxes),
+                                       usable)
     pos = valid & (gt_inds > 0)
     labels = torch.where(pos, assigned, num_classes)
     label_weights = (valid & (gt_inds >= 0)).to(anchors.dtype)
     if pos_weight > 0:
-        label_weights = torch.where(pos, label_weights.new_tensor(pos_weight), label_weights)
+        label_weights = torch.where(pos, pos_weight, label_weights)
     avg_factor = pos.sum(1).clamp(min=1).sum().to(anchors.dtype)
     return BatchTargets(labels, label_weights, torch.where(valid, gt_inds, -1), gt_bboxes,
-                        avg_factor, valid, report)
+                        avg_factor, valid, bad_gts)
+
+
+def anchor_targets(assigner: object, anchors: Tensor, valid: Tensor,
+                   batch_gt_instances: InstanceList, batch_img_metas: Sequence[dict],
+                   num_classes: int, batch_gt_instances_ignore: OptInstanceList = None,
+                   allowed_border: float = -1, pos_weight: float = -1,
+                   clip_border: bool = True) -> BatchTargets:
+    """:func:`batch_targets` of per-image gts (see :func:`pad_gts` for the arguments)."""
+    return batch_targets(
+        assigner, anchors, valid,
+        pad_gts(batch_gt_instances, batch_img_metas, batch_gt_instances_ignore, anchors),
+        num_classes, allowed_border, pos_weight, clip_border)
+
+
+def assigned_boxes(targets: BatchTargets, anchors: Tensor) -> Tensor:
+    """Each anchor's assigned gt box; the anchor itself where it is not positive, so that its
+    encoded target is finite (``log(1) = 0``) though unused.
+
+    Args:
+        targets (BatchTargets): the batch's targets.
+        anchors (Tensor): ``(A, 4)`` or ``(B, A, 4)`` x1y1x2y2 anchors.
+
+    Returns:
+        Tensor: ``(B, A, 4)`` x1y1x2y2.
+    """
+    pos = targets.gt_inds[..., None] > 0
+    anchors = anchors.expand(pos.shape[:2] + (4,))
+    if targets.gt_bboxes.size(1) == 0:  # no gts in the batch
+        return anchors
+    index = (targets.gt_inds - 1).clamp(min=0)[..., None].expand(-1, -1, 4)
+    return torch.where(pos, targets.gt_bboxes.gather(1, index), anchors)
+
+
+def encode_boxes(bbox_coder: object, anchors: Tensor, gt_boxes: Tensor) -> Tensor:
+    """``bbox_coder.encode`` of ``(N, 4)`` pairs; for ``DeltaXYWHBBoxCoder`` without a host
+    sync.
+
+    mmdet's ``bbox2delta`` builds its means and stds with ``new_tensor``, a copy from pageable
+    memory that waits for the whole CUDA stream. The same operations in the same order, with
+    the means and stds queued from pinned memory, give the same values without the wait. Other
+    coders are called as they are.
+
+    Args:
+        bbox_coder (object): the head's box coder.
+        anchors (Tensor): ``(N, 4)`` x1y1x2y2 anchors.
+        gt_boxes (Tensor): ``(N, 4)`` x1y1x2y2 target boxes.
+
+    Returns:
+        Tensor: ``(N, encode_size)`` regression targets.
+    """
+    if type(bbox_coder) is not DeltaXYWHBBoxCoder:
+        return bbox_coder.encode(anchors, gt_boxes)
+    p, g = anchors.float().unbind(-1), gt_boxes.float().unbind(-1)
+    px, py = (p[0] + p[2]) * 0.5, (p[1] + p[3]) * 0.5
+    pw, ph = p[2] - p[0], p[3] - p[1]
+    gx, gy = (g[0] + g[2]) * 0.5, (g[1] + g[3]) * 0.5
+    gw, gh = g[2] - g[0], g[3] - g[1]
+    deltas = torch.stack([(gx - px) / pw, (gy - py) / ph, torch.log(gw / pw),
+                          torch.log(gh / ph)], dim=-1)
+    means, stds = (host_tensor(v, torch.float32, deltas.device)
+                   for v in (bbox_coder.means, bbox_coder.stds))
+    return deltas.sub_(means).div_(stds)
+
+
+def level_sums(values: Tensor, level_sizes: Sequence[int]) -> Tensor:
+    """Sums a per-anchor quantity over each pyramid level (all images, all trailing entries).
+
+    Args:
+        values (Tensor): ``(B, A, ...)`` or ``(B * A, ...)`` rows image-major, each image's
+            ``A = sum(level_sizes)`` anchors level by level.
+        level_sizes (Sequence[int]): anchors per level ``Hi*Wi*Ab``.
+
+    Returns:
+        Tensor: ``(L,)`` the sums, in ``values``' dtype.
+    """
+    num_anchors = sum(level_sizes)
+    per_anchor = values.reshape(-1, num_anchors, values[0].numel() * values.size(0)
+                                // max(values.size(0), 1) // num_anchors).sum((0, 2))
+    return torch.stack([s.sum() for s in per_anchor.split(list(level_sizes))])
 
 
 def positive_pairs(targets: BatchTargets) -> Tuple[Tensor, Tensor, Tensor]:

@@ -1,3 +1,4 @@
-from .batched_nms import batched_nms_batch
+from .batched_nms import batched_nms_padded
+from .frozen_batch_norm import RetinaFrozenBN
 
-__all__ = ['batched_nms_batch']
+__all__ = ['RetinaFrozenBN', 'batched_nms_padded']

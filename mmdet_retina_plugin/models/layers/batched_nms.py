@@ -1,227 +1,237 @@
-"""Class-wise NMS of a whole batch in one call, equal to mmcv's ``batched_nms`` per image.
+"""Class-wise NMS of a whole padded batch, equal to mmcv's ``batched_nms`` image by image.
 
-mmdet post-processes image by image: ``batched_nms`` shifts each class's boxes by
-``label * (max coordinate of the image + 1)`` so that classes never overlap, then mmcv's greedy
-CPU/CUDA kernel compares every pair of the image's boxes (classes included, whose IoU is 0).
-Here all images go through one call:
+mmdet post-processes image by image: mmcv's ``batched_nms`` shifts each class's boxes by
+``label * (max coordinate of the image's candidates + 1)`` so that classes never overlap, then
+its greedy kernel keeps boxes by descending score and drops every later box whose IoU with a
+kept one exceeds the threshold. Here the candidates of all images arrive as one ``(B, M)`` table
+with a validity mask and are resolved together, with two host synchronisations in all:
 
-* boxes are shifted exactly as mmcv shifts them, per image, so every coordinate and IoU below is
-  bitwise the one mmcv's kernel computes (same fp32 operations in the same order); images are
-  kept apart by grouping, not by another shift, which would change the rounding;
-* IoUs are computed only between boxes of the same (image, class) group, earlier (higher score)
-  against later, which is ``sum(n_g^2) / 2`` pairs instead of ``n^2 / 2`` per image;
-* greedy suppression (a box survives iff no surviving earlier box of its group overlaps it by
-  more than the threshold) is resolved for all groups at once by a fixed-point iteration over the
-  suppression edges: in each round every undecided box whose earlier neighbours are all decided
-  is decided, so the rounds number the longest chain of overlaps, not the boxes;
-* a group larger than ``_KERNEL_MIN_GROUP`` goes alone through mmcv's compiled ``nms`` kernel
-  instead (same shifted boxes, so the same IoUs): its greedy loop skips suppressed boxes and
-  costs ``n * kept`` instead of all ``n^2 / 2`` pairs, which outweighs one call per group only
-  for large groups (e.g. the thousands of candidates of one class of a detector with few
-  classes, or with random weights).
+1. boxes are shifted exactly as mmcv shifts them, per image (:func:`class_offset_boxes`), so
+   every IoU below is bitwise the one mmcv's kernel computes: the same fp32 operations in the
+   same order, ``inter / union > thr`` as its CPU kernel, ``inter > thr * union`` as its CUDA
+   kernel. Images are kept apart by grouping, not by another shift, which would change the
+   rounding;
+2. the valid candidates are sorted by (image, class, descending score); **one host read** gives
+   their number and the size of the largest (image, class) group;
+3. greedy suppression runs in rounds over all groups at once: in each round the best undecided
+   box of every group is kept (every better box of its group is decided and no kept one
+   overlaps it, so greedy keeps it) and drops the undecided boxes of its group it overlaps.
+   After ``r`` rounds the first ``r`` kept boxes of every group are decided; a group's
+   ``(P + 1)``-th kept box has ``P`` better kept boxes in its image, so
+   ``min(max_per_img, largest group)`` rounds decide every box that can be returned, with no
+   host read in between (without ``max_per_img``, a read every ``_CHECK_EVERY`` rounds stops
+   them once every box is decided). On CUDA, where Triton imports, one kernel launch
+   (``_triton_nms.py``) runs this greedy scan, one program per group, instead of the rounds;
+4. per image, the kept boxes by descending score, the first ``max_per_img``; **one host read**
+   gives their numbers.
 
 Boxes with equal scores are ordered by their index (a stable sort); mmcv's kernel sorts scores
 with an unspecified order for ties, so only exactly tied scores can differ.
 """
 from __future__ import annotations
 
+import os
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from mmcv.utils import ext_loader
 from torch import Tensor
-
-_ext = ext_loader.load_ext('_ext', ['nms'])
 
 # nms_cfg keys this implementation honours; any other key (or another ``type``) makes the
 # caller fall back to mmcv's ``batched_nms`` image by image.
 SUPPORTED_KEYS = frozenset({'type', 'iou_threshold', 'class_agnostic', 'split_thr', 'offset'})
-# Pairs of boxes whose IoU is computed at once: bounds memory (~40 bytes per pair) when one
-# class holds thousands of candidates.
-_PAIR_CHUNK = 1 << 21
-# Groups with more boxes than this use mmcv's kernel (about where one kernel call, ~0.1 ms,
-# costs what the all-pairs IoUs of the group cost on a CPU core).
-_KERNEL_MIN_GROUP = 128
+# Without max_per_img, the rounds stop early: a host read every this many rounds
+_CHECK_EVERY = 16
 
 
 def supports(nms_cfg: Dict) -> bool:
-    """Whether :func:`batched_nms_batch` implements ``nms_cfg`` (mmcv's plain ``'nms'``)."""
+    """Whether :func:`batched_nms_padded` implements ``nms_cfg`` (mmcv's plain ``'nms'``)."""
     return nms_cfg.get('type', 'nms') == 'nms' and set(nms_cfg) <= SUPPORTED_KEYS \
         and nms_cfg.get('offset', 0) in (0, 1)
 
 
-def _shifted_boxes(boxes: Tensor, labels: Tensor, img_ids: Tensor,
-                   num_imgs: int) -> Tensor:
-    """mmcv ``batched_nms``'s class offsets, computed per image as mmdet's per-image call does.
+def class_offset_boxes(boxes: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
+    """mmcv ``batched_nms``'s class separation, per image: ``boxes + label * (max + 1)``.
+
+    ``max`` is the largest coordinate among the image's valid candidates, as mmcv computes it
+    over the candidates mmdet passes it; so the shifted coordinates, and hence the IoUs, round as
+    mmcv's do. Traceable (no data-dependent shape), for exported graphs too.
 
     Args:
-        boxes (Tensor): ``(N, 4)`` x1y1x2y2.
-        labels (Tensor): ``(N,)`` class ids.
-        img_ids (Tensor): ``(N,)`` image of each box.
-        num_imgs (int): batch size.
+        boxes (Tensor): ``(B, M, 4)`` x1y1x2y2.
+        labels (Tensor): ``(B, M)`` class ids.
+        valid (Tensor): ``(B, M)`` bool, candidates that reach NMS.
 
     Returns:
-        ``(N, 4)``: ``boxes + label * (max coordinate of the box's image + 1)``.
+        Tensor: ``(B, M, 4)`` shifted boxes.
     """
-    img_max = boxes.new_full((num_imgs,), -torch.inf).scatter_reduce(
-        0, img_ids, boxes.amax(dim=1), 'amax')
-    # mmcv: offsets = idxs.to(boxes) * (max_coordinate + 1); boxes + offsets[:, None]
-    offsets = labels.to(boxes) * (img_max + 1)[img_ids]
-    return boxes + offsets[:, None]
+    masked = torch.where(valid[..., None], boxes, boxes.new_tensor(float('-inf')))
+    top = masked.amax(dim=(1, 2))
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # no valid candidate
+    return boxes + (labels.to(boxes.dtype) * (top[:, None] + 1))[..., None]
 
 
-def _group_pairs(group_end: Tensor, start: int, end: int) -> Tuple[Tensor, Tensor]:
-    """All ``(earlier, later)`` pairs inside groups, for earlier boxes ``start..end-1``.
+def _sorted_candidates(scores: Tensor, group: Tensor, valid: Tensor
+                       ) -> Tuple[Tensor, Tensor, Tensor]:
+    """The valid candidates first, by group then descending score (ties: lower index first).
 
     Args:
-        group_end (Tensor): ``(N,)`` for each sorted box, one past the last box of its group.
-        start (int): first earlier box.
-        end (int): one past the last earlier box.
+        scores (Tensor): ``(N,)``.
+        group (Tensor): ``(N,)`` long group ids ``>= 0``.
+        valid (Tensor): ``(N,)`` bool.
 
     Returns:
-        ``src`` and ``dst`` ``(P,)``: sorted-box indices with ``src < dst`` in one group.
+        Tuple[Tensor, Tensor, Tensor]: ``order`` ``(N,)``, a permutation of the candidates;
+        ``segment`` ``(N,)`` long, the index of each sorted candidate's group among the sorted
+        groups (non-decreasing, from 0; the invalid candidates form the last group); and the
+        size of the largest group of valid candidates, a 0-dim long tensor.
     """
-    idx = torch.arange(start, end, device=group_end.device)
-    later = group_end[start:end] - idx - 1
-    src = torch.repeat_interleave(idx, later)
-    first = later.cumsum(0) - later  # where each src's run of pairs begins
-    dst = src + 1 + torch.arange(src.numel(), device=src.device) \
-        - torch.repeat_interleave(first, later)
-    return src, dst
+    order = scores.argsort(descending=True, stable=True)
+    key = torch.where(valid, group, group.max() + 1)[order]
+    by_group = key.argsort(stable=True)
+    order, key = order[by_group], key[by_group]
+    starts = torch.ones_like(valid)
+    starts[1:] = key[1:] != key[:-1]
+    segment = starts.long().cumsum(0) - 1
+    sizes = torch.zeros_like(segment).index_add_(0, segment, valid[order].long())
+    return order, segment, sizes.max()
 
 
-def _suppression_edges(boxes: Tensor, counts: Tensor, iou_threshold: float,
-                       offset: int) -> Tuple[Tensor, Tensor]:
-    """Pairs ``(i, j)``, ``i`` before ``j`` in one group, whose IoU exceeds the threshold.
-
-    The IoU is mmcv's ``nms_cpu``: ``w = max(0, min(x2) - max(x1) + offset)``, likewise ``h``,
-    ``inter = w * h``, ``inter / (area_i + area_j - inter)`` with
-    ``area = (x2 - x1 + offset) * (y2 - y1 + offset)``, all in the boxes' dtype.
+def _greedy_rounds(boxes: Tensor, segment: Tensor, rounds: int, iou_threshold: float,
+                   offset: int, cuda_rule: bool, stop_early: bool = False) -> Tensor:
+    """Greedy NMS inside contiguous groups, one kept box per group and round.
 
     Args:
-        boxes (Tensor): ``(N, 4)`` shifted boxes, sorted by group then score.
-        counts (Tensor): ``(G,)`` group sizes in that order.
-        iou_threshold (float): pairs with a larger IoU are edges.
+        boxes (Tensor): ``(D, 4)`` fp32 shifted boxes, sorted by group then descending score.
+        segment (Tensor): ``(D,)`` long group index of each box, non-decreasing, in ``[0, D)``.
+        rounds (int): rounds to run (see the module docstring).
+        iou_threshold (float): a box is dropped when its IoU with a kept one exceeds this.
         offset (int): mmcv's pixel offset (0 or 1).
+        cuda_rule (bool): mmcv's CUDA test ``inter > thr * union``; False: its CPU test
+            ``inter / union > thr``.
+        stop_early (bool): every ``_CHECK_EVERY`` rounds, stop once no box is undecided (a
+            host read each time; for an unbounded ``max_per_img``, where ``rounds`` is the
+            largest group and most groups finish far earlier).
+
+    Returns:
+        Tensor: ``(D,)`` bool, True for boxes kept in those rounds.
     """
+    num = boxes.size(0)
     x1, y1, x2, y2 = boxes.unbind(1)
+    # mmcv's areas: (x2 - x1 + offset) * (y2 - y1 + offset), in the boxes' dtype
     areas = (x2 - x1 + offset) * (y2 - y1 + offset)
-    group_end = counts.cumsum(0).repeat_interleave(counts)
-    # pairs whose earlier box is one of the first i + 1 boxes
-    ends = (group_end - torch.arange(boxes.size(0), device=boxes.device) - 1).cumsum(0)
-    srcs: List[Tensor] = []
-    dsts: List[Tensor] = []
-    start = 0
-    while start < boxes.size(0):
-        # the longest run of earlier boxes whose pairs fit in one chunk (at least one box)
-        base = int(ends[start - 1]) if start else 0
-        end = max(start + 1, int(torch.searchsorted(ends, base + _PAIR_CHUNK, right=True)))
-        src, dst = _group_pairs(group_end, start, end)
-        w = (torch.minimum(x2[src], x2[dst]) - torch.maximum(x1[src], x1[dst]) + offset)
-        h = (torch.minimum(y2[src], y2[dst]) - torch.maximum(y1[src], y1[dst]) + offset)
-        inter = w.clamp_(min=0) * h.clamp_(min=0)
-        over = inter / (areas[src] + areas[dst] - inter) > iou_threshold
-        srcs.append(src[over])
-        dsts.append(dst[over])
-        start = end
-    return torch.cat(srcs), torch.cat(dsts)
-
-
-def _greedy(num: int, src: Tensor, dst: Tensor) -> Tensor:
-    """Greedy NMS on a suppression graph: box ``j`` survives iff no surviving ``i`` has an edge
-    ``i -> j`` (edges always point from earlier to later boxes).
-
-    Returns:
-        ``(num,)`` bool, True for surviving boxes.
-    """
-    undecided, kept = 0, 1
-    state = torch.zeros(num, dtype=torch.int8, device=src.device)  # -1 suppressed
-    while True:
-        # a surviving box suppresses its later neighbours
-        hit = torch.zeros(num, dtype=torch.bool, device=src.device)
-        hit[dst[state[src] == kept]] = True
-        state[hit & (state == undecided)] = -1
-        # a box with no possibly-surviving earlier neighbour survives
-        blocked = torch.zeros(num, dtype=torch.bool, device=src.device)
-        blocked[dst[state[src] != -1]] = True
-        state[~blocked & (state == undecided)] = kept
-        live = (state[src] != -1) & (state[dst] == undecided)
-        src, dst = src[live], dst[live]
-        if not bool((state == undecided).any()):
-            return state == kept
-
-
-def _greedy_by_group(boxes: Tensor, scores: Tensor, counts: Tensor, iou_threshold: float,
-                     offset: int) -> Tensor:
-    """Greedy NMS inside each group: small groups together on their suppression edges, each
-    large group through mmcv's kernel.
-
-    Args:
-        boxes (Tensor): ``(N, 4)`` shifted boxes, sorted by group then score.
-        scores (Tensor): ``(N,)`` in the same order (descending within a group).
-        counts (Tensor): ``(G,)`` group sizes in that order.
-        iou_threshold (float): mmcv's threshold.
-        offset (int): mmcv's pixel offset (0 or 1).
-
-    Returns:
-        ``(N,)`` bool, True for surviving boxes.
-    """
-    kept = torch.zeros(boxes.size(0), dtype=torch.bool, device=boxes.device)
-    large = counts > _KERNEL_MIN_GROUP
-    small = (~large).repeat_interleave(counts).nonzero().squeeze(1)
-    if small.numel():
-        src, dst = _suppression_edges(boxes[small], counts[~large], iou_threshold, offset)
-        kept[small] = _greedy(small.numel(), src, dst)
-    starts = counts.cumsum(0) - counts
-    for start, size in zip(starts[large].tolist(), counts[large].tolist()):
-        end = start + size
-        kept[start + _ext.nms(boxes[start:end], scores[start:end],
-                              iou_threshold=iou_threshold, offset=offset)] = True
+    low, high = boxes[:, :2], boxes[:, 2:]
+    # one extra row, read by groups that have no undecided box left (their boxes are decided)
+    table = torch.cat([torch.cat([boxes, areas[:, None]], 1), boxes.new_zeros(1, 5)])
+    pos = torch.arange(num, device=boxes.device)
+    undecided = torch.ones(num, dtype=torch.bool, device=boxes.device)
+    kept = torch.zeros_like(undecided)
+    first = torch.empty_like(pos)
+    for step in range(rounds):
+        if stop_early and step % _CHECK_EVERY == _CHECK_EVERY - 1 and not undecided.any():
+            break
+        first.fill_(num).scatter_reduce_(0, segment, torch.where(undecided, pos, num), 'amin')
+        pick = first.index_select(0, segment)
+        picked = table.index_select(0, pick)  # (D, 5): x1, y1, x2, y2, area
+        # (w, h) = max(0, min(x2, y2) - max(x1, y1) + offset), as mmcv's std::max / fmaxf
+        # (x and y at once, relu_: the fewest and fastest ops on small tensors)
+        wh = torch.minimum(picked[:, 2:4], high) - torch.maximum(picked[:, :2], low)
+        if offset:
+            wh += offset
+        wh.relu_()
+        inter = wh[:, 0] * wh[:, 1]
+        union = picked[:, 4] + areas - inter
+        over = inter > iou_threshold * union if cuda_rule else inter / union > iou_threshold
+        is_pick = pick == pos
+        kept |= is_pick
+        undecided &= ~(over | is_pick)
     return kept
 
 
-def batched_nms_batch(boxes: Tensor, scores: Tensor, labels: Tensor, img_ids: Tensor,
-                      num_imgs: int, nms_cfg: Dict, max_per_img: Optional[int] = None
-                      ) -> List[Tensor]:
-    """Class-wise NMS of every image of a batch in one call.
+def _greedy(boxes: Tensor, segment: Tensor, rounds: int, iou_threshold: float,
+            offset: int, stop_early: bool) -> Tensor:
+    """:func:`_greedy_rounds`, or its Triton kernel (one launch) for CUDA tensors where Triton
+    imports (and on the CPU under Triton's interpreter, ``TRITON_INTERPRET=1``, for tests).
+    mmcv's kernels differ in their IoU test: ``nms_cpu`` divides, ``nms_cuda`` multiplies the
+    threshold; each device follows its own."""
+    args = (boxes, segment, rounds, iou_threshold, offset, boxes.is_cuda)
+    if boxes.is_cuda or os.environ.get('TRITON_INTERPRET', '0') == '1':
+        try:
+            from ._triton_nms import greedy_triton
+        except ImportError:  # no Triton: the pure-tensor rounds
+            return _greedy_rounds(*args, stop_early)
+        return greedy_triton(*args)
+    return _greedy_rounds(*args, stop_early)
 
-    Per image equal to ``mmcv.ops.batched_nms(boxes_i, scores_i, labels_i, nms_cfg)`` followed
-    by ``[:max_per_img]`` (mmdet's ``_bbox_post_process``), for ``nms_cfg`` that
-    :func:`supports`.
+
+def batched_nms_padded(boxes: Tensor, scores: Tensor, labels: Tensor, valid: Tensor,
+                       nms_cfg: Dict, max_per_img: Optional[int] = None
+                       ) -> Tuple[Tensor, List[int]]:
+    """Class-wise NMS of every image of a padded batch, with two host reads (with
+    ``max_per_img``; without, more where the greedy rounds run on the CPU, see the module
+    docstring).
+
+    Per image equal to ``mmcv.ops.batched_nms(boxes_i, scores_i, labels_i, nms_cfg)`` on its
+    valid candidates followed by ``[:max_per_img]`` (mmdet's ``_bbox_post_process``), for
+    ``nms_cfg`` that :func:`supports`.
 
     Args:
-        boxes: ``(N, 4)`` x1y1x2y2 candidates of all images.
-        scores: ``(N,)``.
-        labels: ``(N,)`` class ids in ``[0, K)``.
-        img_ids: ``(N,)`` image of each candidate, in ``[0, num_imgs)``.
-        num_imgs: batch size ``B``.
-        nms_cfg: ``dict(type='nms', iou_threshold=..., class_agnostic=False, offset=0)``.
-        max_per_img: keep at most this many per image (None: all).
+        boxes (Tensor): ``(B, M, 4)`` x1y1x2y2 candidates (any float dtype; NMS runs in fp32 as
+            mmcv's kernel does).
+        scores (Tensor): ``(B, M)``.
+        labels (Tensor): ``(B, M)`` long class ids ``>= 0``.
+        valid (Tensor): ``(B, M)`` bool, the candidates that take part (the others are never
+            kept).
+        nms_cfg (Dict): ``dict(type='nms', iou_threshold=..., class_agnostic=False,
+            split_thr=10000, offset=0)``.
+        max_per_img (int, optional): keep at most this many per image (None or <= 0: all).
 
     Returns:
-        ``B`` tensors of candidate indices (into the ``N`` inputs), each image's kept boxes by
-        descending score (ties: lower index first), as mmcv's ``keep``.
+        Tuple[Tensor, List[int]]: ``keep`` ``(S,)`` long indices into the flattened ``B * M``
+        candidates, image after image, each image's kept boxes by descending score (ties: lower
+        index first) as mmcv's ``keep``; and the number of kept boxes of each image (``B``
+        ints summing to ``S``).
     """
     if not supports(nms_cfg):
         raise ValueError(f'nms_cfg must be mmcv\'s plain nms with keys in '
                          f'{sorted(SUPPORTED_KEYS)}, got {nms_cfg}')
-    num = boxes.size(0)
-    if num == 0:
-        return [img_ids.new_zeros(0) for _ in range(num_imgs)]
-    boxes = boxes.float() if boxes.dtype != torch.float32 else boxes  # mmcv's kernel is fp32
+    batch, num = scores.shape
+    if batch * num == 0:
+        return labels.new_zeros(0), [0] * batch
+    boxes = boxes.float()  # mmcv's kernel is fp32
+    img = torch.arange(batch, device=scores.device)[:, None].expand(-1, num)
+    valid_counts = valid.sum(1)
     if nms_cfg.get('class_agnostic', False):
-        group = img_ids
+        group = img
     else:
-        boxes = _shifted_boxes(boxes, labels, img_ids, num_imgs)
-        group = img_ids * (int(labels.max()) + 1) + labels
-    # by group, then score descending (stable: ties keep index order)
-    order = scores.argsort(descending=True, stable=True)
-    order = order[group[order].argsort(stable=True)]
-    counts = torch.unique_consecutive(group[order], return_counts=True)[1]
-    keep = order[_greedy_by_group(boxes[order], scores[order].to(boxes.dtype), counts,
-                                  float(nms_cfg['iou_threshold']), int(nms_cfg.get('offset', 0)))]
-    # per image, by descending score, as mmcv returns them
-    keep = keep[scores[keep].argsort(descending=True, stable=True)]
-    keep = keep[img_ids[keep].argsort(stable=True)]
-    per_img = torch.bincount(img_ids[keep], minlength=num_imgs).tolist()
-    return [k if max_per_img is None else k[:max_per_img] for k in keep.split(per_img)]
+        # also mmcv's class-by-class path (images of >= split_thr candidates) reads the shifted
+        # boxes, so split_thr changes nothing
+        boxes = class_offset_boxes(boxes, labels, valid)
+        group = img * (labels.max() + 1) + labels
+    order, segment, largest = _sorted_candidates(scores.flatten(), group.flatten(),
+                                                 valid.flatten())
+    # host read 1: the candidates that take part (per image), and the rounds they need
+    num_valid, largest, *valid_counts = torch.cat(
+        [valid_counts.sum()[None], largest[None], valid_counts]).tolist()
+    bounded = max_per_img is not None and max_per_img > 0
+    rounds = min(largest, max_per_img) if bounded else largest
+    order = order[:num_valid]
+    kept = _greedy(boxes.flatten(0, 1)[order], segment[:num_valid], rounds,
+                   float(nms_cfg['iou_threshold']), int(nms_cfg.get('offset', 0)),
+                   stop_early=not bounded)
+    # per image (the valid candidates of image i are the i-th run of valid_counts): kept boxes
+    # first, by descending score, ties by index; three stable sorts, least significant first
+    by_index = order.argsort()
+    order, kept = order[by_index], kept[by_index]
+    by_score = scores.flatten()[order].argsort(descending=True, stable=True)
+    order, kept = order[by_score], kept[by_score]
+    img = order // num
+    by_image = (img * 2 + (~kept).long()).argsort(stable=True)
+    order = order[by_image]
+    # host read 2: how many each image kept
+    kept_counts = torch.zeros(batch, dtype=torch.long, device=img.device).index_add_(
+        0, img, kept.long()).tolist()
+    if bounded:
+        kept_counts = [min(n, max_per_img) for n in kept_counts]
+    starts = [sum(valid_counts[:i]) for i in range(batch)]
+    keep = torch.cat([order[s:s + n] for s, n in zip(starts, kept_counts)])
+    return keep, kept_counts

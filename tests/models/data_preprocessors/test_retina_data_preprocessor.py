@@ -72,3 +72,21 @@ def test_r50_detections_equal_with_either_layout():
         # where the scores are not near-tied
         assert torch.equal(a.labels[:20], b.labels[:20])
         torch.testing.assert_close(a.bboxes[:20], b.bboxes[:20], rtol=1e-3, atol=1e-3)
+
+
+def test_non_blocking_copies_reach_the_same_batch():
+    """``non_blocking=True`` (the bf16 config's) changes nothing on CPU; on a GPU, a pinned
+    batch copied asynchronously gives the values of a blocking copy."""
+    blocking = RetinaDataPreprocessor(train_channels_last=True, **SETTINGS)
+    async_ = RetinaDataPreprocessor(train_channels_last=True, non_blocking=True, **SETTINGS)
+    assert async_._non_blocking is True and blocking._non_blocking is False
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    blocking.to(device)
+    async_.to(device)
+    expected = blocking(batch(), training=True)['inputs']
+    data = batch()
+    if device == 'cuda':
+        data['inputs'] = [t.pin_memory() for t in data['inputs']]
+    got = async_(data, training=True)['inputs']
+    assert got.device == expected.device and got.is_contiguous(memory_format=CL)
+    assert torch.equal(got, expected)

@@ -71,16 +71,22 @@ def leaf(maps):
     return [m.detach().clone().requires_grad_() for m in maps]
 
 
+def total(losses):
+    """The sum of a loss dict's per-level lists, as mmengine's ``parse_losses`` adds them."""
+    return sum(sum(v) for v in losses.values())
+
+
 def assert_loss_parity(stock, ours, gts, ignores=None):
     cls, box = random_maps()
     s_cls, s_box, o_cls, o_box = leaf(cls), leaf(box), leaf(cls), leaf(box)
     s = stock.loss_by_feat(s_cls, s_box, gts, METAS, ignores)
     o = ours.loss_by_feat(o_cls, o_box, gts, METAS, ignores)
-    s_total = {k: sum(v) for k, v in s.items()}  # mmdet returns per-level lists
-    for k in ('loss_cls', 'loss_bbox'):
-        torch.testing.assert_close(o[k], s_total[k], rtol=1e-5, atol=1e-7)
-    sum(s_total.values()).backward()
-    sum(o.values()).backward()
+    for k in ('loss_cls', 'loss_bbox'):  # both per-level lists, level by level equal
+        assert len(o[k]) == len(s[k]) == len(cls)
+        for got, expected in zip(o[k], s[k]):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    total(s).backward()
+    total(o).backward()
     for a, b in zip(s_cls + s_box, o_cls + o_box):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4,
                                    atol=1e-4 * a.grad.abs().max().item() + 1e-12)
@@ -97,6 +103,12 @@ def assert_predict_parity(stock, ours, seed=3, channels_last=False, **kwargs):
         cls, box = ([m.contiguous(memory_format=torch.channels_last) for m in maps]
                     for maps in (cls, box))
     got = ours.predict_by_feat(cls, box, **kwargs)
+    assert_same_detections(expected, got)
+
+
+def assert_same_detections(expected, got):
+    """The same detections per image, in the same order."""
+    assert len(got) == len(expected)
     assert sum(len(r) for r in expected) > 20  # the case is not trivially empty
     for e, g in zip(expected, got):
         assert torch.equal(g.labels, e.labels)

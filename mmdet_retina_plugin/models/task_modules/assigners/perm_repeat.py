@@ -7,6 +7,8 @@ them distinct while keeping them close to the original. mmdet draws the factors 
 generator of the boxes' device, one ``(n, 4)`` draw per group of ``n`` equal boxes, groups in
 sorted order, redrawing a group whose jittered boxes are degenerate or too far from the
 original; drawing the same numbers in the same order reproduces its result for a given seed.
+The groups and redraws are found on the host (``nonzero``, ``tolist``), so the jitter makes the
+host wait for the device.
 """
 from __future__ import annotations
 

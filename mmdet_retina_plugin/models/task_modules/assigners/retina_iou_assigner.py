@@ -135,7 +135,7 @@ class RetinaIoUAssigner(BaseAssigner):
             results moved back (saves accelerator memory); ``<= 0`` never moves. In
             :meth:`assign_batch` the whole batch moves when its padded gt count exceeds it (the
             calculator-per-image path decides per image, as mmdet). Results on CPU tensors do
-            not depend on it.
+            not depend on it. Moving to the CPU and back makes the host wait for the device.
         iou_calculator (dict): config of the IoU calculator (``TASK_UTILS``), called as
             ``calc(gts, priors)`` and ``calc(a, b, mode='iof')``; e.g.
             ``dict(type='BboxOverlaps2D', scale=512., dtype='fp16')``.
@@ -241,8 +241,12 @@ class RetinaIoUAssigner(BaseAssigner):
         """Assigns shared priors in a padded batch; per image equal to :meth:`assign` on the
         image's valid gts and valid priors.
 
-        Without host syncs for the default calculator and no ``perm_repeat_gt_cfg``; otherwise
-        the calculator (or the jitter) runs per image, in image order.
+        Without host syncs (shapes follow from the inputs' alone) for the default calculator
+        in every mode it batches (chunks, ignore regions, low-quality matches with or without
+        ``gt_max_assign_all``), unless ``gpu_assign_thr`` moves the batch to the CPU. Other
+        calculators run per image, and ``perm_repeat_gt_cfg`` jitters each image's gts first,
+        in image order, on each image's valid gts and priors (boolean indexing: the host waits
+        for the device).
 
         Args:
             priors (Tensor): ``(A, 4)`` x1y1x2y2 priors shared by all images.

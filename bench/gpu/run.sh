@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Stock mmdet vs ours on a bare GPU machine, in one command: bench/gpu/run.sh OUT_DIR [options]
+#
+# The machine needs Python 3 with a CUDA build of torch, Triton, pytest and numpy; mmcv (built
+# with its CUDA ops), mmengine, mmdet and their small dependencies come as prebuilt wheels in a
+# folder of this checkout (no network needed): $GPU_WHEELS, default .gpu-wheels, filled from the
+# wheels beside the checkout. They are installed into $GPU_SITE (default /tmp/site) unless mmdet
+# already imports. Then, from the repository root:
+#   1. the tests with CUDA-only cases (set RUN_TESTS=0 to skip them)  -> OUT_DIR/tests.log
+#   2. host syncs of loss_by_feat / predict_by_feat under CUDA's sync debug mode
+#                                                                      -> OUT_DIR/host_syncs.log
+#   3. every row of the side-by-side table (options after OUT_DIR go to it, e.g. --repeats 5)
+#                                  -> OUT_DIR/gpu_side_by_side.json, OUT_DIR/side_by_side.log
+# The exit status is non-zero if any step failed; later steps run regardless.
+set -uo pipefail
+
+if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    exit $(( $# < 1 ? 2 : 0 ))
+fi
+out=$(realpath -m "$1")
+shift
+cd "$(dirname "$0")/../.." || exit 2
+mkdir -p "$out"
+py=${PYTHON:-python3}
+
+if ! $py -c 'import mmdet, mmcv, mmengine' 2>/dev/null; then
+    wheels=${GPU_WHEELS:-.gpu-wheels}
+    if ! compgen -G "$wheels/*.whl" >/dev/null; then
+        echo "no mmdet/mmcv/mmengine here and no wheels in $wheels (set GPU_WHEELS)" >&2
+        exit 2
+    fi
+    site=${GPU_SITE:-/tmp/site}
+    $py -m pip install -q --no-index --no-deps --target "$site" "$wheels"/*.whl || exit 2
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ! $py -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
+    echo 'torch sees no CUDA device' >&2
+    exit 2
+fi
+
+status=0
+if [[ ${RUN_TESTS:-1} == 1 ]]; then
+    $py -m pytest -q -p no:cacheprovider \
+        tests/models/losses tests/models/layers/test_frozen_batch_norm.py \
+        tests/models/data_preprocessors tests/configs/test_bf16_config.py \
+        tests/reliability/test_bad_data_and_amp.py tests/bench/test_gpu_bench.py \
+        2>&1 | tee "$out/tests.log" || status=1
+fi
+$py -m bench.gpu.host_syncs 2>&1 | tee "$out/host_syncs.log" || status=1
+$py -m bench.gpu.side_by_side "$out" "$@" 2>&1 | tee "$out/side_by_side.log" || status=1
+exit $status

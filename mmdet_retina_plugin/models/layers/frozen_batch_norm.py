@@ -1,0 +1,151 @@
+"""A frozen batch norm computed as one per-channel affine, ``y = x * scale + shift``.
+
+RetinaNet trains its ImageNet backbone with frozen batch statistics (mmdet's
+``norm_eval=True``; Detectron's and detectron2's ``FrozenBatchNorm2d``): in eval mode
+``nn.BatchNorm2d`` computes ``(x - running_mean) / sqrt(running_var + eps) * weight + bias``,
+an affine map per channel, yet it still runs the batch-norm kernels forward and backward (cuDNN's
+save-mean/invstd bookkeeping, weight and bias gradients when they require grad). Here the affine
+is folded into ``scale = weight * rsqrt(running_var + eps)`` and
+``shift = bias - running_mean * scale`` (C values each) and applied in one element-wise pass in
+the input's dtype and memory layout: no layout conversion around it in a channels-last network,
+no cast under autocast, and a backward that is one multiply (``dL/dx = dL/dy * scale``) when the
+statistics and the affine are frozen.
+
+The module holds ``weight``, ``bias``, ``running_mean``, ``running_var`` and
+``num_batches_tracked`` as ``nn.BatchNorm2d`` does, so mmdet's and torchvision's BN checkpoints
+load with ``strict=True``, and ``_abbr_ = 'bn'`` gives it BN's names in mmdet's backbones
+(``bn1``, ``layer1.0.bn1``, ...).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from mmdet.registry import MODELS
+from torch import Tensor, nn
+
+
+def _is_compiling() -> bool:
+    is_compiling = getattr(getattr(torch, 'compiler', None), 'is_compiling', None)
+    return bool(is_compiling and is_compiling())
+
+
+@MODELS.register_module()
+class RetinaFrozenBN(nn.Module):
+    """Batch norm with fixed statistics, as one per-channel affine.
+
+    Equal to ``nn.BatchNorm2d(...).eval()`` with the same state (to the input dtype's rounding),
+    in training mode as well: the running statistics are never updated. Built by mmcv's
+    ``build_norm_layer``, e.g. ``norm_cfg=dict(type='RetinaFrozenBN', requires_grad=False)``
+    in mmdet's ``ResNet``; ``requires_grad=True`` trains ``weight`` and ``bias`` (the statistics
+    stay fixed).
+
+    Args:
+        num_features (int): channels C of the input ``(N, C, H, W)``.
+        eps (float): added to ``running_var`` before the square root, > 0.
+        momentum (float, optional): accepted for ``nn.BatchNorm2d``'s signature (configs that
+            set it build); the statistics never change. None or in [0, 1].
+        affine (bool): hold ``weight`` and ``bias`` (BN's ``affine``); False applies only the
+            statistics, as ``nn.BatchNorm2d(affine=False)`` does.
+        track_running_stats (bool): must be True: a frozen norm normalises with stored
+            statistics (BN without them normalises with each batch's).
+    """
+
+    _abbr_ = 'bn'
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True) -> None:
+        if not isinstance(num_features, int) or isinstance(num_features, bool) \
+                or num_features < 1:
+            raise ValueError(f'num_features must be an int >= 1, got {num_features!r}')
+        if not eps > 0:
+            raise ValueError(f'eps must be > 0, got {eps!r}')
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
+            raise ValueError(f'momentum must be None or in [0, 1], got {momentum!r}')
+        if not isinstance(affine, bool):
+            raise ValueError(f'affine must be True or False, got {affine!r}')
+        if track_running_stats is not True:
+            raise ValueError('track_running_stats must be True (a frozen norm uses stored '
+                             f'statistics), got {track_running_stats!r}')
+        super().__init__()
+        self.num_features = num_features
+        self.eps = float(eps)
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        if affine:
+            self.weight: Optional[nn.Parameter] = nn.Parameter(torch.ones(num_features))
+            self.bias: Optional[nn.Parameter] = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter('weight', None)
+            self.register_parameter('bias', None)
+        self.register_buffer('running_mean', torch.zeros(num_features))
+        self.register_buffer('running_var', torch.ones(num_features))
+        self.register_buffer('num_batches_tracked', torch.tensor(0, dtype=torch.long))
+        self._cache_key: Optional[tuple] = None
+        self._cache: tuple = ()
+        self._cache_state: list = []
+
+    def scale_and_shift(self) -> tuple[Tensor, Tensor]:
+        """The affine this norm applies.
+
+        Returns:
+            tuple[Tensor, Tensor]: ``scale`` and ``shift``, each ``(C,)`` in the statistics'
+            dtype: ``y = x * scale + shift`` per channel.
+        """
+        scale = torch.rsqrt(self.running_var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight
+        shift = -self.running_mean * scale
+        if self.bias is not None:
+            shift = shift + self.bias
+        return scale, shift
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Applies the frozen statistics and affine.
+
+        Args:
+            x (Tensor): ``(N, C, H, W)`` (or ``(N, C)``, ``(N, C, L)``), any float dtype and
+                memory layout.
+
+        Returns:
+            Tensor: the shape, dtype and memory layout of ``x``.
+        """
+        if x.dim() < 2 or x.shape[1] != self.num_features:
+            raise ValueError(f'expected input (N, {self.num_features}, ...), got '
+                             f'{tuple(x.shape)}')
+        scale, shift = self._affine_in(x.dtype)
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        return torch.addcmul(shift.view(view), x, scale.view(view))
+
+    def _affine_in(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``scale`` and ``shift`` ``(C,)`` cast to ``dtype``, so that the element-wise pass stays
+        in the input's dtype (bf16 under autocast) instead of promoting it to fp32.
+
+        Frozen (nothing needs their gradient), they are computed once and reused while the
+        state's tensors are the same and unmodified (storage, device and version counter):
+        on a GPU the per-call recomputation would cost several tiny kernel launches per layer.
+        """
+        state = [t for t in (self.weight, self.bias, self.running_mean, self.running_var)
+                 if t is not None]
+        uncached = (torch.jit.is_tracing() or _is_compiling()
+                    or any(t.is_inference() for t in state)  # no version counter to watch
+                    or (torch.is_grad_enabled() and any(t.requires_grad for t in state)))
+        if uncached:
+            scale, shift = self.scale_and_shift()
+            return scale.to(dtype), shift.to(dtype)
+        # inference-mode tensors may not be saved for a later backward: cached apart
+        key = (dtype, torch.is_inference_mode_enabled(),
+               *((t.device, t.data_ptr(), t._version) for t in state))
+        if self._cache_key != key:
+            with torch.no_grad():
+                scale, shift = self.scale_and_shift()
+            self._cache, self._cache_key = (scale.to(dtype), shift.to(dtype)), key
+            # the storages stay alive while the key names their addresses: a tensor assigned
+            # later cannot reuse one of them and pass for the cached state
+            self._cache_state = [t.detach() for t in state]
+        return self._cache
+
+    def extra_repr(self) -> str:
+        return (f'{self.num_features}, eps={self.eps}, affine={self.affine}, '
+                'track_running_stats=True (frozen)')

@@ -1,0 +1,110 @@
+"""bench/gpu: the side-by-side table's machinery on a CPU at tiny sizes, the failure and
+timing bookkeeping, and (with CUDA) the host-sync counter."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.gpu import host_syncs, side_by_side
+from bench.gpu.side_by_side import Bench, Row, timed_row
+
+REPO = Path(__file__).resolve().parents[2]
+CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory, one_torch_thread):
+    out = tmp_path_factory.mktemp('gpu_bench')
+    rows = side_by_side.main([str(out), '--device', 'cpu', '--tiny', '--repeats', '1',
+                              '--warmup', '0'])
+    return rows, json.loads((out / 'gpu_side_by_side.json').read_text())
+
+
+def test_every_row_of_the_table_on_cpu(tiny_run, capsys):
+    rows, report = tiny_run
+    cases = [r.case for r in rows]
+    assert [r.group for r in rows] == ['train'] * 6 + ['focal'] * 3 + ['inference'] * 4 + \
+        ['syncs'] * 2
+    assert cases[:3] == ['train step fp32, 1 images 64x96, 2 gts',
+                         'train step fp32, 2 images 64x96, 2 gts',
+                         'train step fp32, 2 images 64x96, 5 gts']
+    assert [c[-4:] for c in cases[6:9]] == ['fp32', 'fp16', 'bf16']
+    assert cases[9:11] == ['inference fp32, batch 1', 'inference fp32, batch 2']
+    assert 'predict_by_feat' in cases[-1] and 'loss_by_feat' in cases[-2]
+    for r in rows:
+        numbers = [v for v in (r.stock, r.ours) if isinstance(v, float)]
+        assert all(v > 0 for v in numbers), r
+        if len(numbers) == 2:  # speed-up: stock's time over ours, from the same medians
+            expected = r.ours / r.stock if r.unit == 'img/s' else r.stock / r.ours
+            assert r.speedup == pytest.approx(expected, rel=1e-9), r
+        else:
+            assert r.speedup is None, r
+    # fp32 training and the focal loss run on any device, side by side
+    assert all(isinstance(r.stock, float) and isinstance(r.ours, float)
+               for r in rows[:3] + rows[6:9])
+    assert all(r.note.startswith('clone of the logits') for r in rows[6:9])
+    # AMP needs mmengine's AmpOptimWrapper, which needs a GPU; syncs need CUDA's debug mode
+    assert all(r.stock == r.ours == 'skipped: AmpOptimWrapper needs a GPU' for r in rows[3:6])
+    assert all(r.stock == r.ours == 'n/a (CUDA only)' for r in rows[-2:])
+    # ours in bf16 on the CPU: inference runs (stock's may fail in mmcv's CPU ops)
+    assert isinstance(rows[11].ours, float) and isinstance(rows[12].ours, float)
+    assert report['rows'] == [dict(r.__dict__) for r in rows]
+    assert report['device'] == 'cpu' and report['sizes']['hw'] == [64, 96]
+
+
+def test_table_lists_every_row():
+    rows = [Row('train', 'a', 'img/s', 2.0, 4.0, 2.0), Row('train', 'b', 'img/s',
+                                                            'fails (RuntimeError)', 103.5)]
+    text = side_by_side.table(rows).splitlines()
+    assert text[2] == '| a | img/s | 2.000 | 4.000 | 2.00x |  |'
+    assert text[3] == '| b | img/s | fails (RuntimeError) | 103.5 |  |  |'
+
+
+def test_a_failing_side_is_reported_and_the_other_still_timed():
+    calls = []
+
+    def stock():
+        raise NotImplementedError('no bf16 kernel')
+
+    bench = Bench(torch.device('cpu'), side_by_side.TINY, repeats=2, warmup=1)
+    row = timed_row(bench, 'train', 'x', stock, lambda: calls.append(1), images=4)
+    assert row.stock == 'fails (NotImplementedError)' and row.speedup is None
+    assert isinstance(row.ours, float) and row.ours > 0
+    assert len(calls) == 1 + 1 + 2  # the probing call, warm-up, timed runs
+    row = timed_row(bench, 'focal', 'y', lambda: None, lambda: None)
+    assert row.unit == 'ms' and row.speedup is not None
+
+
+def test_refuses_cuda_without_a_gpu_and_helps():
+    if CUDA:
+        pytest.skip('a GPU is present')
+    with pytest.raises(SystemExit):
+        side_by_side.main(['/tmp/unused'])
+    out = subprocess.run([sys.executable, '-m', 'bench.gpu.side_by_side', '--help'], cwd=REPO,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and '--tiny' in out.stdout
+    assert host_syncs.count_host_syncs(lambda: None) is None
+
+
+@pytest.mark.skipif(CUDA, reason='with a GPU, run.sh runs the whole benchmark')
+def test_run_sh_without_a_gpu_says_what_is_missing(tmp_path):
+    out = subprocess.run(['bash', str(REPO / 'bench/gpu/run.sh'), str(tmp_path / 'o')],
+                         capture_output=True, text=True, cwd=tmp_path,
+                         env={'PATH': '/usr/bin:/bin', 'PYTHON': sys.executable,
+                              'GPU_WHEELS': str(tmp_path / 'none')})
+    # this interpreter has the stack: it gets as far as looking for a GPU
+    assert out.returncode == 2 and 'torch sees no CUDA device' in out.stderr
+    usage = subprocess.run(['bash', str(REPO / 'bench/gpu/run.sh')], capture_output=True,
+                           text=True)
+    assert usage.returncode == 2 and 'OUT_DIR' in usage.stdout
+
+
+@pytest.mark.skipif(not CUDA, reason='CUDA sync debug mode')
+def test_host_sync_counter_counts_syncing_ops():
+    x = torch.arange(10, device='cuda')
+    assert host_syncs.count_host_syncs(lambda: x * 2) == 0
+    assert host_syncs.count_host_syncs(lambda: x.sum().item()) == 1
+    assert host_syncs.count_host_syncs(lambda: (x[x > 4].sum().item(), x.cpu())) >= 3
