@@ -31,14 +31,6 @@ train_pipeline = [
          direction=['horizontal', 'vertical', 'diagonal']),
     dict(type='PackDetInputs')
 ]
-# Whole images at scale 1: RetinaSlicedDetector cuts the tiles itself.
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale_factor=1.0, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
-]
 train_dataloader = dict(
     batch_size=4,
     dataset=dict(
@@ -59,9 +51,8 @@ train_dataloader = dict(
         empty_fraction=0.1,
         seed=0,
         pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=1,
-    dataset=dict(data_root=data_root, pipeline=test_pipeline))
+# The demo's test pipeline keeps whole images at scale 1: RetinaSlicedDetector cuts the tiles.
+val_dataloader = dict(batch_size=1, dataset=dict(data_root=data_root))
 test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/val.json')
 test_evaluator = val_evaluator

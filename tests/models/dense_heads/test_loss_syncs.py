@@ -7,7 +7,7 @@ import pytest
 import torch
 from head_pairs import METAS, build_pair, random_gts, random_maps
 from mmengine.structures import InstanceData
-from test_predict_syncs import count_syncs
+from sync_count import count_syncs
 
 from mmdet_retina_plugin.models.dense_heads.retina_targets import pad_gts
 

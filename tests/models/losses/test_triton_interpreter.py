@@ -3,28 +3,15 @@ Triton's CPU interpreter, in one subprocess so that ``TRITON_INTERPRET=1`` (read
 imported) reaches no other test. Also the launch budget of a forward + backward on the Triton
 path: at most 3 launches (the kernel, the sum of its partials, backward's scaling) and no host
 synchronisation, whatever the targets, segments or dtype."""
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
+from interpreter_sweep import run_interpreter_sweep
 
 SWEEP = Path(__file__).with_name('triton_interpreter_sweep.py')
 
 
 def test_triton_kernel_under_interpreter_matches_eager_and_mmdet():
-    env = dict(os.environ, TRITON_INTERPRET='1')
-    proc = subprocess.run([sys.executable, str(SWEEP)], env=env, capture_output=True,
-                          text=True, timeout=600)
-    lines = proc.stdout.strip().splitlines()
-    assert lines, f'no report (exit {proc.returncode}):\n{proc.stderr[-3000:]}'
-    report = json.loads(lines[-1])
-    if 'skip' in report:
-        pytest.skip(report['skip'])
-    assert report['failures'] == [], '\n'.join(report['failures'])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = run_interpreter_sweep(SWEEP)
     # 3 gammas x 3 weight modes x 2 targets x 3 reductions x gradient or not x 3 dtypes
     assert report['kernel_cases'] == 324
     # 2 targets x 3 dtypes x 3 calls x 2 gammas, all on Triton: the loss kernel with and

@@ -1,0 +1,32 @@
+"""Runs a Triton kernel sweep script in Triton's CPU interpreter, in a subprocess, so that
+``TRITON_INTERPRET=1`` (read when Triton is imported) reaches no other test."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run_interpreter_sweep(script: Path) -> dict:
+    """The JSON report a sweep script prints last; skips the test where Triton is missing.
+
+    Args:
+        script (Path): a script that prints one JSON line, ``{"failures": [...], ...}`` or
+            ``{"skip": reason}``, and exits non-zero when a case failed.
+
+    Returns:
+        dict: the report, after asserting that no case failed.
+    """
+    env = dict(os.environ, TRITON_INTERPRET='1')
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f'no report (exit {proc.returncode}):\n{proc.stderr[-3000:]}'
+    report = json.loads(lines[-1])
+    if 'skip' in report:
+        pytest.skip(report['skip'])
+    assert report['failures'] == [], '\n'.join(report['failures'])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return report
