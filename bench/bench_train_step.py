@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from mmdet.registry import MODELS
@@ -59,20 +59,25 @@ def train_step(model: torch.nn.Module, data: Dict[str, list],
     return run
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--repeats', type=int, default=5)
-    args = parser.parse_args()
+def build_pair(device: Union[str, torch.device]) -> Dict[str, torch.nn.Module]:
+    """Stock mmdet R50 RetinaNet and ours with stock's random weights, on ``device``."""
     register_all_modules()
     torch.manual_seed(0)
     stock = MODELS.build(model_cfg(ours=False))
     stock.init_weights()
     ours = MODELS.build(model_cfg(ours=True))
     ours.load_state_dict(stock.state_dict(), strict=True)
+    return {'stock': stock.to(device), 'ours': ours.to(device)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--repeats', type=int, default=5)
+    args = parser.parse_args()
     # on a GPU machine both train there (the data preprocessor moves the batch)
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    stock.to(device)
-    ours.to(device)
+    models = build_pair(device)
+    stock, ours = models['stock'], models['ours']
     data = make_batch()
     rows = [{'case': f'train_step R50 2x800x1216, {NUM_GTS} gts/img',
              **measure_pair(train_step(stock.train(), data), train_step(ours.train(), data),

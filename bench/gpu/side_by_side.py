@@ -41,15 +41,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from mmdet.models.losses import FocalLoss
 from mmdet.registry import MODELS
-from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
 import mmdet_retina_plugin  # noqa: F401  (registers our modules)
 from bench.bench_focal_loss import fwd_bwd, make_inputs
-from bench.bench_train_step import make_batch, train_step
+from bench.bench_train_step import build_pair, make_batch, train_step
 from bench.gpu.host_syncs import head_sync_counts
 from bench.harness import machine, measure, measure_pair
-from bench.retinanet_r50 import retinanet_r50_model_cfg
 
 BF16_CONFIG = (Path(__file__).resolve().parents[2] / 'configs' / 'retinanet'
                / 'retina-plugin_r50_fpn_bf16-1x_coco.py')
@@ -123,17 +121,6 @@ class Bench:
                 models[name].load_state_dict(models['stock'].state_dict(), strict=True)
             self.scores_spread = True
         return models
-
-
-def build_pair(device: Union[str, torch.device]) -> Dict[str, torch.nn.Module]:
-    """Stock mmdet R50 RetinaNet and ours with stock's random weights, on ``device``."""
-    register_all_modules()
-    torch.manual_seed(0)
-    stock = MODELS.build(retinanet_r50_model_cfg(ours=False))
-    stock.init_weights()
-    ours = MODELS.build(retinanet_r50_model_cfg(ours=True))
-    ours.load_state_dict(stock.state_dict(), strict=True)
-    return {'stock': stock.to(device), 'ours': ours.to(device)}
 
 
 def build_bf16_config(stock: torch.nn.Module, device: torch.device) -> torch.nn.Module:
