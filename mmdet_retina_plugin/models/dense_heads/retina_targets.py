@@ -23,6 +23,8 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from ..losses.focal_eager import segment_sums
+
 
 class BatchAssignment(Protocol):
     """What :meth:`BatchAssigner.assign_batch` returns (e.g. ``RetinaIoUAssigner``'s result).
@@ -462,17 +464,15 @@ def level_sums(values: Tensor, level_sizes: Sequence[int]) -> Tensor:
     """Sums a per-anchor quantity over each pyramid level (all images, all trailing entries).
 
     Args:
-        values (Tensor): ``(B, A, ...)`` or ``(B * A, ...)`` rows image-major, each image's
-            ``A = sum(level_sizes)`` anchors level by level.
+        values (Tensor): ``(B, A, ...)``, each image's ``A = sum(level_sizes)`` anchors level
+            by level.
         level_sizes (Sequence[int]): anchors per level ``Hi*Wi*Ab``.
 
     Returns:
         Tensor: ``(L,)`` the sums, in ``values``' dtype.
     """
-    num_anchors = sum(level_sizes)
-    per_anchor = values.reshape(-1, num_anchors, values[0].numel() * values.size(0)
-                                // max(values.size(0), 1) // num_anchors).sum((0, 2))
-    return torch.stack([s.sum() for s in per_anchor.split(list(level_sizes))])
+    return segment_sums(values.reshape(values.size(0), values.size(1), -1).sum(2).flatten(),
+                        level_sizes)
 
 
 def positive_pairs(targets: BatchTargets) -> Tuple[Tensor, Tensor, Tensor]:
