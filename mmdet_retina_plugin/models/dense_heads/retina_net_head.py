@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ...utils.dist_utils import reduce_mean_avg_factor
 from ..losses import RetinaFocalLoss, RetinaHardNegativeCELoss
+from ..losses.focal_eager import AVG_EPS
 from ..task_modules.prior_generators import AnchorCache
 from .retina_post_processing import (
     clip_boxes,
@@ -54,9 +55,6 @@ from .retina_targets import (
     moving_average,
     pad_gts,
 )
-
-#: mmdet's ``weight_reduce_loss`` divides by ``avg_factor + eps``.
-_AVG_EPS = torch.finfo(torch.float32).eps
 
 
 def _flatten_levels(maps: Sequence[Tensor], channels: int) -> Tensor:
@@ -446,7 +444,7 @@ class RetinaNetHead(BaseDenseHead):
                                  segments=level_sizes)
         if self._cls_batched:
             loss = self.loss_cls(*(t.flatten(0, 1) for t in args), reduction_override='none')
-            return level_sums(loss.reshape(flat_cls.shape), level_sizes) / (avg_factor + _AVG_EPS)
+            return level_sums(loss.reshape(flat_cls.shape), level_sizes) / (avg_factor + AVG_EPS)
         return torch.stack([
             self.loss_cls(*(t.flatten(0, 1) for t in level), avg_factor=avg_factor)
             for level in zip(*(t.split(level_sizes, 1) for t in args))])
@@ -481,7 +479,7 @@ class RetinaNetHead(BaseDenseHead):
                                   reduction_override='none').reshape(pos.shape + (-1,))
             # a product, as mmdet weighs: a non-finite prediction poisons the loss alike
             return level_sums(loss * pos[..., None].to(loss.dtype), level_sizes) / \
-                (avg_factor + _AVG_EPS)
+                (avg_factor + AVG_EPS)
         weight = pos[..., None].expand_as(target).to(target.dtype)
         return torch.stack([
             self.loss_bbox(*(t.flatten(0, 1) for t in level), avg_factor=avg_factor)
