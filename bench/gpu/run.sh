@@ -6,16 +6,19 @@
 # folder of this checkout (no network needed): $GPU_WHEELS, default .gpu-wheels, filled from the
 # wheels beside the checkout. They are installed into $GPU_SITE (default /tmp/site) unless mmdet
 # already imports. Then, from the repository root:
-#   1. the tests with CUDA-only cases (set RUN_TESTS=0 to skip them)  -> OUT_DIR/tests.log
-#   2. host syncs of loss_by_feat / predict_by_feat under CUDA's sync debug mode
+#   1. host syncs of loss_by_feat / predict_by_feat under CUDA's sync debug mode
 #                                                                      -> OUT_DIR/host_syncs.log
-#   3. every row of the side-by-side table (options after OUT_DIR go to it, e.g. --repeats 5)
+#   2. every row of the side-by-side table (options after OUT_DIR go to it, e.g. --repeats 5)
 #                                  -> OUT_DIR/gpu_side_by_side.json, OUT_DIR/side_by_side.log
+#   3. launches, syncs and top kernels of each hot path (RUN_PROFILE=0 skips it)
+#                                                                  -> OUT_DIR/kernel_profile.txt
+#   4. the tests with CUDA-only cases (RUN_TESTS=0 skips them, TEST_TIMEOUT=seconds bounds them)
+#                                                                  -> OUT_DIR/tests.log
 # The exit status is non-zero if any step failed; later steps run regardless.
 set -uo pipefail
 
 if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     exit $(( $# < 1 ? 2 : 0 ))
 fi
 out=$(realpath -m "$1")
@@ -41,13 +44,16 @@ if ! $py -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
 fi
 
 status=0
+$py -m bench.gpu.host_syncs 2>&1 | tee "$out/host_syncs.log" || status=1
+$py -m bench.gpu.side_by_side "$out" "$@" 2>&1 | tee "$out/side_by_side.log" || status=1
+if [[ ${RUN_PROFILE:-1} == 1 ]]; then
+    $py -m bench.gpu.kernel_profile "$out" >"$out/kernel_profile.log" 2>&1 || status=1
+fi
 if [[ ${RUN_TESTS:-1} == 1 ]]; then
-    $py -m pytest -q -p no:cacheprovider \
-        tests/models/losses tests/models/layers/test_frozen_batch_norm.py \
+    timeout ${TEST_TIMEOUT:-900} $py -m pytest -q -p no:cacheprovider \
+        tests/models/losses tests/models/layers tests/models/dense_heads/test_gt_reporter.py \
         tests/models/data_preprocessors tests/configs/test_bf16_config.py \
         tests/reliability/test_bad_data_and_amp.py tests/bench/test_gpu_bench.py \
         2>&1 | tee "$out/tests.log" || status=1
 fi
-$py -m bench.gpu.host_syncs 2>&1 | tee "$out/host_syncs.log" || status=1
-$py -m bench.gpu.side_by_side "$out" "$@" 2>&1 | tee "$out/side_by_side.log" || status=1
 exit $status

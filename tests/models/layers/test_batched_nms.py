@@ -8,6 +8,9 @@ from mmcv.ops import batched_nms
 from mmdet_retina_plugin.models.layers import batched_nms as bn
 from mmdet_retina_plugin.models.layers.batched_nms import batched_nms_padded
 
+# on CUDA, ours runs the Triton kernel and mmcv its CUDA kernel (which tests IoU by multiplying)
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+
 
 def clustered_boxes(num: int, num_classes: int, g: torch.Generator, size: float = 400.0):
     """Boxes jittered around a few centres, so many same-class pairs sit near any IoU
@@ -53,7 +56,8 @@ def padded(images, width=None):
 
 
 def run_ours(images, nms_cfg, max_per_img=None) -> List[torch.Tensor]:
-    boxes, scores, labels, valid = padded(images)
+    device = images[0][0].device
+    boxes, scores, labels, valid = (t.to(device) for t in padded(images))
     keep, counts = batched_nms_padded(boxes, scores, labels, valid, dict(nms_cfg), max_per_img)
     assert keep.numel() == sum(counts) and len(counts) == len(images)
     width = scores.size(1)
@@ -78,9 +82,10 @@ def assert_same_keep(got, expected, scores):
 @pytest.mark.parametrize('sizes,num_classes', [((300, 0, 57, 1), 80), ((800, 600), 3),
                                                ((1500,), 1)])
 @pytest.mark.parametrize('max_per_img', [None, 20])
-def test_equals_mmcv_per_image(nms_cfg, sizes, num_classes, max_per_img):
+@pytest.mark.parametrize('device', DEVICES)
+def test_equals_mmcv_per_image(nms_cfg, sizes, num_classes, max_per_img, device):
     g = torch.Generator().manual_seed(sum(sizes) + num_classes)
-    images = [clustered_boxes(n, num_classes, g) for n in sizes]
+    images = [tuple(t.to(device) for t in clustered_boxes(n, num_classes, g)) for n in sizes]
     expected = per_image_mmcv(images, nms_cfg, max_per_img)
     got = run_ours(images, nms_cfg, max_per_img)
     assert len(got) == len(sizes)
