@@ -65,11 +65,12 @@ def profile_run(fn: Callable[[], object], device: torch.device, warmup: int = 3)
 
 def cases(bench: object) -> List[Tuple[str, Dict[str, Callable[[], object]]]]:
     """``[(case, {'stock': fn, 'ours': fn})]`` built on ``bench``'s models and sizes."""
+    from mmdet.models.losses import FocalLoss
+    from mmdet.registry import MODELS
+
     from bench.bench_focal_loss import fwd_bwd, make_inputs
     from bench.bench_train_step import make_batch, train_step
     from bench.gpu.side_by_side import infer_step, pinned
-    from mmdet.models.losses import FocalLoss
-    from mmdet.registry import MODELS
 
     full = make_inputs(device=bench.device.type)
     n = bench.sizes.focal_anchors
