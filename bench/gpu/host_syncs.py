@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from collections import Counter
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -20,15 +22,16 @@ import torch
 SYNC_WARNING = 'called a synchronizing CUDA operation'
 
 
-def count_host_syncs(fn: Callable[[], object]) -> Optional[int]:
+def sync_warnings(fn: Callable[[], object]) -> Optional[List[warnings.WarningMessage]]:
     """Runs ``fn()`` once under CUDA's sync debug mode.
 
     Args:
-        fn (Callable[[], object]): the work to count; its CUDA tensors' operations are seen.
+        fn (Callable[[], object]): the work to watch; its CUDA tensors' operations are seen.
 
     Returns:
-        int | None: the synchronising operations it issued; None without CUDA (the debug mode
-        watches CUDA streams only).
+        List[warnings.WarningMessage] | None: one warning per synchronising operation it issued
+        (``filename``/``lineno``: the Python line that issued it); None without CUDA (the debug
+        mode watches CUDA streams only).
     """
     if not torch.cuda.is_available():
         return None
@@ -41,7 +44,19 @@ def count_host_syncs(fn: Callable[[], object]) -> Optional[int]:
             fn()
         finally:
             torch.cuda.set_sync_debug_mode(previous)
-    return sum(SYNC_WARNING in str(w.message) for w in caught)
+    return [w for w in caught if SYNC_WARNING in str(w.message)]
+
+
+def count_host_syncs(fn: Callable[[], object]) -> Optional[int]:
+    """The synchronising operations ``fn()`` issues on CUDA (:func:`sync_warnings`); None
+    without CUDA."""
+    found = sync_warnings(fn)
+    return None if found is None else len(found)
+
+
+def sync_sites(fn: Callable[[], object]) -> Counter:
+    """Where ``fn()`` synchronises: ``Counter`` of ``'file.py:line'`` (empty without CUDA)."""
+    return Counter(f'{Path(w.filename).name}:{w.lineno}' for w in sync_warnings(fn) or [])
 
 
 def head_calls(model: torch.nn.Module, data: Dict[str, list]) -> Dict[str, Callable[[], object]]:
@@ -111,9 +126,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Optional[i
     models = build_pair('cuda')
     for model in models.values():  # detections above score_thr: predict has work to do
         spread_scores(model)
-    counts = head_sync_counts(models, make_batch([(800, 1216)] * args.images, args.gts))
+    data = make_batch([(800, 1216)] * args.images, args.gts)
+    counts = head_sync_counts(models, data)
     lines: List[str] = [f'{path}: ' + ', '.join(f'{k} {v}' for k, v in per.items())
                         for path, per in counts.items()]
+    for path, fn in head_calls(models['ours'], data).items():
+        lines.append(f'ours, {path}, where: {dict(sync_sites(fn))}')
     print(f'host syncs per batch of {args.images} (CUDA sync debug mode):\n  '
           + '\n  '.join(lines))
     return counts

@@ -54,7 +54,9 @@ def profile_run(fn: Callable[[], object], device: torch.device, warmup: int = 3)
     launches = sum(e.count for e in events if e.key in LAUNCHES)
     syncs = sum(e.count for e in events if 'Synchronize' in e.key)
     memcpy = sum(e.count for e in events if e.key.startswith('cudaMemcpy'))
-    kernels = [e for e in events if device_us(e) > 0 and not e.key.startswith('cuda')]
+    # device-side events only (kernels, copies): no host time of their own; the ops that
+    # launched them report the same device time again
+    kernels = [e for e in events if device_us(e) > 0 and e.self_cpu_time_total == 0]
     busy_ms = sum(device_us(e) for e in kernels) / 1e3
     lines = [f'  wall {wall_ms:.2f} ms, GPU busy {busy_ms:.2f} ms, {launches} launches, '
              f'{syncs} syncs, {memcpy} memcpy calls']

@@ -1,6 +1,7 @@
 """Counts, on the CPU, the operations that would make the host wait for a GPU stream."""
 from collections import Counter
 
+import pytest
 import torch
 
 # ops that read a device tensor's values on the host: a data-dependent size (nonzero,
@@ -14,7 +15,7 @@ def _is_sync(name: str) -> bool:
     return name in SYNC_OPS or name.startswith('aten::unique')
 
 
-def count_syncs(fn, monkeypatch) -> Counter:
+def count_syncs(fn) -> Counter:
     """Host syncs of ``fn()``: profiled sync ops (not those nested in another one, e.g.
     ``item`` -> ``_local_scalar_dense``) plus ``Tensor.tolist`` calls, which the profiler does
     not record."""
@@ -25,10 +26,10 @@ def count_syncs(fn, monkeypatch) -> Counter:
         calls.append(self.shape)
         return tolist(self)
 
-    monkeypatch.setattr(torch.Tensor, 'tolist', counted_tolist)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        fn()
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patch:  # its own: the caller's patches stay
+        patch.setattr(torch.Tensor, 'tolist', counted_tolist)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            fn()
     counts = Counter()
     for event in prof.events():
         parent = event.cpu_parent

@@ -50,6 +50,7 @@ from .retina_targets import (
     assigned_boxes,
     batch_targets,
     encode_boxes,
+    host_tensor,
     image_hw,
     level_sums,
     moving_average,
@@ -546,8 +547,8 @@ class RetinaNetHead(BaseDenseHead):
         if getattr(self.bbox_coder, 'clip_border', True):
             bboxes = clip_boxes(bboxes, image_hw(batch_img_metas, bboxes))
         if rescale:
-            bboxes = rescale_boxes(bboxes, bboxes.new_tensor(
-                [m['scale_factor'] for m in batch_img_metas]))
+            bboxes = rescale_boxes(bboxes, host_tensor(  # new_tensor would wait on CUDA
+                [m['scale_factor'] for m in batch_img_metas], bboxes.dtype, bboxes.device))
         min_size = cfg.get('min_bbox_size', -1)
         if min_size >= 0:
             valid &= min_size_mask(bboxes, min_size)

@@ -301,7 +301,9 @@ class GtReporter:
         way."""
         while self._pending:
             pending = self._pending.popleft()
-            if pending.ready is not None:
+            # query first: a completed event needs no synchronize call (which CUDA's sync
+            # debug mode reports, and which would wait if the copy were still on its way)
+            if pending.ready is not None and not pending.ready.query():
                 pending.ready.synchronize()
             self._report(pending)
 

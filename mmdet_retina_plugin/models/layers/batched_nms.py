@@ -22,6 +22,8 @@ with a validity mask and are resolved together, with two host synchronisations i
    host read in between (without ``max_per_img``, a read every ``_CHECK_EVERY`` rounds stops
    them once every box is decided). On CUDA, where Triton imports, one kernel launch
    (``_triton_nms.py``) runs this greedy scan, one program per group, instead of the rounds;
+   on the CPU, where host reads are free but small ops are not, mmcv's own CPU kernel scans
+   each image's shifted candidates;
 4. per image, the kept boxes by descending score, the first ``max_per_img``; **one host read**
    gives their numbers.
 
@@ -64,7 +66,7 @@ def class_offset_boxes(boxes: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
     Returns:
         Tensor: ``(B, M, 4)`` shifted boxes.
     """
-    masked = torch.where(valid[..., None], boxes, boxes.new_tensor(float('-inf')))
+    masked = torch.where(valid[..., None], boxes, float('-inf'))  # a scalar: no host copy
     top = masked.amax(dim=(1, 2))
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # no valid candidate
     return boxes + (labels.to(boxes.dtype) * (top[:, None] + 1))[..., None]
@@ -147,6 +149,40 @@ def _greedy_rounds(boxes: Tensor, segment: Tensor, rounds: int, iou_threshold: f
     return kept
 
 
+def _host_kernel(boxes: Tensor) -> bool:
+    """Whether the greedy scan runs as mmcv's CPU kernel (CPU tensors, Triton not
+    interpreted): on the CPU reading the host costs nothing and each small op's overhead is
+    what counts, so one compiled scan per image beats a few hundred tensor ops per round."""
+    return boxes.device.type == 'cpu' and os.environ.get('TRITON_INTERPRET', '0') != '1'
+
+
+def _greedy_mmcv_cpu(boxes: Tensor, scores: Tensor, image_counts: List[int],
+                     iou_threshold: float, offset: int) -> Tensor:
+    """mmcv's ``nms`` (its CPU kernel, the one mmdet reaches there) on each image's shifted
+    boxes: the class shift keeps classes apart exactly as in mmcv's ``batched_nms``.
+
+    Args:
+        boxes (Tensor): ``(D, 4)`` fp32 shifted boxes, image after image.
+        scores (Tensor): ``(D,)`` their scores.
+        image_counts (List[int]): boxes of each image, summing to ``D``.
+        iou_threshold (float): a box is dropped when its IoU with a kept one exceeds this.
+        offset (int): mmcv's pixel offset (0 or 1).
+
+    Returns:
+        Tensor: ``(D,)`` bool, True for kept boxes.
+    """
+    from mmcv.ops import nms
+    kept = torch.zeros(boxes.size(0), dtype=torch.bool)
+    start = 0
+    for count in image_counts:
+        if count:
+            _, keep = nms(boxes[start:start + count], scores[start:start + count],
+                          iou_threshold, offset=offset)
+            kept[start + keep] = True
+        start += count
+    return kept
+
+
 def _greedy(boxes: Tensor, segment: Tensor, rounds: int, iou_threshold: float,
             offset: int, stop_early: bool) -> Tensor:
     """:func:`_greedy_rounds`, or its Triton kernel (one launch) for CUDA tensors where Triton
@@ -215,9 +251,13 @@ def batched_nms_padded(boxes: Tensor, scores: Tensor, labels: Tensor, valid: Ten
     bounded = max_per_img is not None and max_per_img > 0
     rounds = min(largest, max_per_img) if bounded else largest
     order = order[:num_valid]
-    kept = _greedy(boxes.flatten(0, 1)[order], segment[:num_valid], rounds,
-                   float(nms_cfg['iou_threshold']), int(nms_cfg.get('offset', 0)),
-                   stop_early=not bounded)
+    thr, offset = float(nms_cfg['iou_threshold']), int(nms_cfg.get('offset', 0))
+    if _host_kernel(boxes):
+        kept = _greedy_mmcv_cpu(boxes.flatten(0, 1)[order], scores.flatten()[order],
+                                valid_counts, thr, offset)
+    else:
+        kept = _greedy(boxes.flatten(0, 1)[order], segment[:num_valid], rounds, thr, offset,
+                       stop_early=not bounded)
     # per image (the valid candidates of image i are the i-th run of valid_counts): kept boxes
     # first, by descending score, ties by index; three stable sorts, least significant first
     by_index = order.argsort()

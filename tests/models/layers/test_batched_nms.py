@@ -12,6 +12,15 @@ from mmdet_retina_plugin.models.layers.batched_nms import batched_nms_padded
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 
 
+@pytest.fixture(params=['host kernel', 'rounds'])
+def greedy_path(request, monkeypatch):
+    """On the CPU, mmcv's kernel per image (the default) or the rounds a GPU without Triton
+    runs (forced here)."""
+    if request.param == 'rounds':
+        monkeypatch.setattr(bn, '_host_kernel', lambda boxes: False)
+    return request.param
+
+
 def clustered_boxes(num: int, num_classes: int, g: torch.Generator, size: float = 400.0):
     """Boxes jittered around a few centres, so many same-class pairs sit near any IoU
     threshold."""
@@ -83,7 +92,7 @@ def assert_same_keep(got, expected, scores):
                                                ((1500,), 1)])
 @pytest.mark.parametrize('max_per_img', [None, 20])
 @pytest.mark.parametrize('device', DEVICES)
-def test_equals_mmcv_per_image(nms_cfg, sizes, num_classes, max_per_img, device):
+def test_equals_mmcv_per_image(nms_cfg, sizes, num_classes, max_per_img, device, greedy_path):
     g = torch.Generator().manual_seed(sum(sizes) + num_classes)
     images = [tuple(t.to(device) for t in clustered_boxes(n, num_classes, g)) for n in sizes]
     expected = per_image_mmcv(images, nms_cfg, max_per_img)
@@ -96,7 +105,7 @@ def test_equals_mmcv_per_image(nms_cfg, sizes, num_classes, max_per_img, device)
         assert suppressed > sum(sizes) // 10  # the clusters really overlap
 
 
-def test_rounds_bounded_by_max_per_img_still_exact():
+def test_rounds_bounded_by_max_per_img_still_exact(greedy_path):
     # one class, boxes on a grid that overlap nobody: every box is kept, so the group needs
     # as many rounds as boxes; max_per_img=7 stops after 7 rounds and must still return
     # mmcv's first 7
