@@ -12,7 +12,8 @@
 #                                  -> OUT_DIR/gpu_side_by_side.json, OUT_DIR/side_by_side.log
 #   3. launches, syncs and top kernels of each hot path (RUN_PROFILE=0 skips it)
 #                                                                  -> OUT_DIR/kernel_profile.txt
-#   4. the tests with CUDA-only cases (RUN_TESTS=0 skips them, TEST_TIMEOUT=seconds bounds them)
+#   4. the tests with CUDA-only cases (RUN_TESTS=0 skips them, TEST_TIMEOUT=seconds bounds them,
+#      TESTS="paths" picks others)
 #                                                                  -> OUT_DIR/tests.log
 # The exit status is non-zero if any step failed; later steps run regardless.
 set -uo pipefail
@@ -43,6 +44,10 @@ if ! $py -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
     exit 2
 fi
 
+# the test files with CUDA-only cases or CUDA paths (TESTS=... runs others)
+CUDA_TESTS="tests/models/losses tests/models/layers tests/models/dense_heads/test_gt_reporter.py
+    tests/models/data_preprocessors tests/configs/test_bf16_config.py
+    tests/reliability/test_bad_data_and_amp.py tests/bench/test_gpu_bench.py"
 status=0
 $py -m bench.gpu.host_syncs 2>&1 | tee "$out/host_syncs.log" || status=1
 $py -m bench.gpu.side_by_side "$out" "$@" 2>&1 | tee "$out/side_by_side.log" || status=1
@@ -50,10 +55,9 @@ if [[ ${RUN_PROFILE:-1} == 1 ]]; then
     $py -m bench.gpu.kernel_profile "$out" >"$out/kernel_profile.log" 2>&1 || status=1
 fi
 if [[ ${RUN_TESTS:-1} == 1 ]]; then
-    timeout ${TEST_TIMEOUT:-900} $py -m pytest -q -p no:cacheprovider \
-        tests/models/losses tests/models/layers tests/models/dense_heads/test_gt_reporter.py \
-        tests/models/data_preprocessors tests/configs/test_bf16_config.py \
-        tests/reliability/test_bad_data_and_amp.py tests/bench/test_gpu_bench.py \
-        2>&1 | tee "$out/tests.log" || status=1
+    # shellcheck disable=SC2086  # TESTS is a list of paths
+    timeout "${TEST_TIMEOUT:-900}" $py -m pytest -v -p no:cacheprovider ${TESTS:-$CUDA_TESTS} \
+        >"$out/tests.log" 2>&1 || status=1
+    tail -n 5 "$out/tests.log"
 fi
 exit $status

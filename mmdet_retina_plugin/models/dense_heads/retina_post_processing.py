@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ..layers.batched_nms import batched_nms_padded
 from ..layers.batched_nms import supports as batched_nms_supports
-from .retina_targets import host_tensor
+from .retina_targets import box_bounds, host_tensor
 
 # Width of the blocks whose maxima pre-select the top-k (see topk_rows): the first pass reads
 # every logit once, vectorised; the second sorts k blocks of this many.
@@ -224,7 +224,7 @@ def clip_boxes(bboxes: Tensor, img_hw: Tensor) -> Tensor:
         bboxes (Tensor): ``(B, M, 4)``.
         img_hw (Tensor): ``(B, 2)`` image ``(h, w)``.
     """
-    return bboxes.clamp(min=bboxes.new_zeros(1), max=img_hw[:, None, [1, 0, 1, 0]])
+    return bboxes.clamp(min=bboxes.new_zeros(1), max=box_bounds(img_hw))
 
 
 def rescale_boxes(bboxes: Tensor, scale_factors: Tensor) -> Tensor:

@@ -162,6 +162,13 @@ def image_hw(batch_img_metas: Sequence[dict], like: Tensor) -> Tensor:
     return host_tensor([m['img_shape'][:2] for m in batch_img_metas], like.dtype, like.device)
 
 
+def box_bounds(img_hw: Tensor) -> Tensor:
+    """``(B, 1, 4)`` upper bounds ``(w, h, w, h)`` of x1y1x2y2 boxes per image, from ``(B, 2)``
+    ``(h, w)``; by flip and repeat, as indexing with a list would copy the index to the device
+    from pageable memory and wait for the CUDA stream."""
+    return img_hw.flip(-1).repeat(1, 2)[:, None]
+
+
 def pad_gts(batch_gt_instances: InstanceList, batch_img_metas: Sequence[dict],
             batch_gt_instances_ignore: OptInstanceList, like: Tensor) -> GtBatch:
     """Pads a batch's gts (and ignore regions) into a :class:`GtBatch` on ``like``'s device.
@@ -232,7 +239,7 @@ def check_gts(gt_bboxes: Tensor, gt_valid: Tensor, img_hw: Tensor,
     finite = gt_bboxes.isfinite().all(-1)
     boxes = torch.where(finite[..., None], gt_bboxes, 0.0)
     if clip_border:
-        hi = img_hw[:, None, [1, 0, 1, 0]]
+        hi = box_bounds(img_hw)
         boxes_seen = torch.minimum(boxes.clamp(min=0), hi)
     else:
         boxes_seen = boxes

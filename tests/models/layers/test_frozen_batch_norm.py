@@ -188,7 +188,7 @@ def test_mmdet_resnet_loads_stock_state_strictly_and_computes_the_same():
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 def test_on_cuda_equals_cudnn_eval_batch_norm_channels_last(dtype):
     bn = random_bn().cuda()
-    frozen = frozen_like(bn)
+    frozen = frozen_like(bn).cuda()
     x = (torch.randn(4, 8, 16, 16, device='cuda') * 3).to(dtype).contiguous(memory_format=CL)
     with torch.autocast('cuda', dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         y, expected = frozen(x), bn(x)
