@@ -32,6 +32,9 @@ from ...utils.dist_utils import reduce_mean_avg_factor
 from ..losses import RetinaFocalLoss, RetinaHardNegativeCELoss
 from ..losses.focal_eager import AVG_EPS
 from ..task_modules.prior_generators import AnchorCache
+from .retina_gt_reporter import GtReporter
+from .retina_gts import GtBatch, image_hw, pad_gts
+from .retina_loss_reduction import level_sums, moving_average
 from .retina_post_processing import (
     clip_boxes,
     decode_boxes,
@@ -43,18 +46,7 @@ from .retina_post_processing import (
     rescale_boxes,
     select_level_topk,
 )
-from .retina_targets import (
-    BatchTargets,
-    GtBatch,
-    GtReporter,
-    assigned_boxes,
-    batch_targets,
-    encode_boxes,
-    image_hw,
-    level_sums,
-    moving_average,
-    pad_gts,
-)
+from .retina_targets import BatchTargets, assigned_boxes, batch_targets, encode_boxes
 
 
 def _flatten_levels(maps: Sequence[Tensor], channels: int) -> Tensor:
