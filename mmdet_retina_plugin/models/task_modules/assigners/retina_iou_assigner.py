@@ -4,7 +4,8 @@ The rule itself is :mod:`.max_iou_rule` (one image, plain torch) and its batched
 :mod:`.batched_max_iou`; this module checks the arguments and picks the path:
 
 - :meth:`RetinaIoUAssigner.assign` (mmdet's interface, one image) runs the single-image rule
-  with the configured ``iou_calculator``, as mmdet's ``MaxIoUAssigner.assign`` does;
+  with the configured ``iou_calculator``, as mmdet's ``MaxIoUAssigner.assign`` does (the plain
+  ``BboxOverlaps2D`` computed by :func:`.batched_iou.pairwise_overlaps`, equal and leaner);
 - :meth:`RetinaIoUAssigner.assign_batch` (a padded batch sharing one prior set, what
   ``RetinaNetHead``'s loss calls) runs the batched path when its IoUs equal the calculator's
   bit for bit (mmdet's plain ``BboxOverlaps2D``) and no gts are jittered, else the single-image
@@ -28,9 +29,24 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 from ....utils.errors import RetinaConfigError
+from .batched_iou import pairwise_overlaps
 from .batched_max_iou import BatchAssignResult, assign_batched
 from .max_iou_rule import MaxIoURule, max_iou_assign
 from .perm_repeat import check_perm_repeat_cfg, jitter_repeated_boxes
+
+
+def _plain_overlaps(boxes1: Tensor, boxes2: Tensor, mode: str = 'iou') -> Tensor:
+    """mmdet's plain ``BboxOverlaps2D`` bit for bit, with a third of its temporaries.
+
+    Args:
+        boxes1 (Tensor): ``(M, 4)`` or ``(M, 5)`` boxes (the 5th column is dropped, as mmdet).
+        boxes2 (Tensor): ``(N, 4)`` or ``(N, 5)`` boxes.
+        mode (str): ``'iou'`` or ``'iof'``.
+
+    Returns:
+        Tensor: ``(M, N)``.
+    """
+    return pairwise_overlaps(boxes1[..., :4], boxes2[..., :4], mode)
 
 
 def _check_unit(name: str, value: float) -> float:
@@ -246,7 +262,8 @@ class RetinaIoUAssigner(BaseAssigner):
     def _assign_image(self, priors: Tensor, gt_bboxes: Tensor, gt_labels: Tensor,
                       ignore: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         """mmdet's ``MaxIoUAssigner.assign`` on plain tensors of one image, on their device:
-        repeated gts jittered (``perm_repeat_gt_cfg``), then the rule with the calculator.
+        repeated gts jittered (``perm_repeat_gt_cfg``), then the rule with the calculator (the
+        plain ``BboxOverlaps2D`` computed by our equal, leaner IoU).
 
         Args:
             priors (Tensor): ``(A, 4)``.
@@ -262,7 +279,7 @@ class RetinaIoUAssigner(BaseAssigner):
             gt_bboxes = jitter_repeated_boxes(gt_bboxes, self.iou_calculator,
                                               **self.perm_repeat_gt_cfg)
         return max_iou_assign(self.rule, priors, gt_bboxes, gt_labels, ignore,
-                              self.iou_calculator)
+                              _plain_overlaps if self.batched_iou else self.iou_calculator)
 
     def _assign_per_image(self, priors: Tensor, gt_bboxes: Tensor, gt_labels: Tensor,
                           gt_valid: Tensor, prior_valid: Optional[Tensor],
