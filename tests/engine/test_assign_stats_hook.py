@@ -22,14 +22,14 @@ ANCHORS = dict(type='AnchorGenerator', octave_base_scale=4, scales_per_octave=1,
                strides=[8, 16, 32])
 
 
-def _head(head_type, assigner_type):
+def _head(head_type, assigner_type, allowed_border=-1):
     init_default_scope('mmdet')
     return MODELS.build(dict(
         type=head_type, num_classes=2, in_channels=4, stacked_convs=0, feat_channels=4,
         anchor_generator=ANCHORS,
         train_cfg=dict(assigner=dict(type=assigner_type, pos_iou_thr=0.5, neg_iou_thr=0.4,
                                      min_pos_iou=0.0),
-                       allowed_border=-1, pos_weight=-1)))
+                       allowed_border=allowed_border, pos_weight=-1)))
 
 
 def _sample(boxes, pad_hw):
@@ -73,6 +73,26 @@ def test_hand_computed_counts(head_type, assigner_type):
     assert stats['P5'] == dict(pos=0.0, ignored=0.0, neg=(64 + 16) / 2, pos_iou=None)
     assert stats['all']['pos'] == 7 / 2 and stats['all']['ignored'] == 6 / 2
     assert stats['all']['pos_iou'] == pytest.approx((5 * 0.68 + 2 * 7 / 9) / 7, abs=1e-6)
+
+
+@pytest.mark.parametrize('head_type,assigner_type', [('RetinaNetHead', 'RetinaIoUAssigner'),
+                                                     ('RetinaHead', 'MaxIoUAssigner')])
+def test_anchors_outside_the_border_are_in_no_count(head_type, assigner_type):
+    # The scene of test_hand_computed_counts with allowed_border=0: an anchor of side s
+    # centred on (stride*i, stride*j) counts only when stride*i - s/2 >= 0 and
+    # stride*i + s/2 < the image side, on both axes.
+    #  Image 1 (256): P3 (s 32) i in 2..29 -> 28^2 = 784; P4 (s 64) i in 2..13 -> 144;
+    #    P5 (s 128) i in 2..5 -> 16. The positives and ignored anchors of A and B are inside.
+    #  Image 2 (128): P3 i in 2..13 -> 144; P4 i in 2..5 -> 16; P5 none.
+    head = _head(head_type, assigner_type, allowed_border=0)
+    samples = [_sample([[48, 48, 80, 80], [136, 128, 200, 192]], (256, 256)),
+               _sample([], (128, 128))]
+    stats = assignment_stats(head, [(32, 32), (16, 16), (8, 8)], samples)
+    assert stats['P3'] == dict(pos=5 / 2, ignored=0.0, neg=(784 - 5 + 144) / 2,
+                               pos_iou=pytest.approx(0.68, abs=1e-6))
+    assert stats['P4'] == dict(pos=2 / 2, ignored=6 / 2, neg=(144 - 8 + 16) / 2,
+                               pos_iou=pytest.approx(7 / 9, abs=1e-6))
+    assert stats['P5'] == dict(pos=0.0, ignored=0.0, neg=16 / 2, pos_iou=None)
 
 
 def test_invalid_interval():

@@ -1,20 +1,26 @@
-"""Per-level anchor assignment statistics during training (positives / ignored / negatives)."""
+"""Per-level anchor assignment statistics during training (positives / ignored / negatives).
+
+The numbers come from the head's own target code, called as its ``loss_by_feat`` calls it, so
+they are what the loss saw: for ``RetinaNetHead`` its anchor cache and ``get_batch_targets``;
+for mmdet's anchor heads (``RetinaHead``, ``AnchorHead``) their ``get_anchors`` and
+``get_targets``.
+"""
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
+from mmdet.models.task_modules.prior_generators import anchor_inside_flags
 from mmdet.models.utils import unpack_gt_instances
 from mmdet.registry import HOOKS
-from mmdet.structures.bbox import bbox_overlaps
+from mmdet.structures.bbox import bbox_overlaps, cat_boxes, get_box_tensor
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-from torch import nn
+from torch import Tensor, nn
 
-from ...models.dense_heads.retina_targets import anchor_targets, positive_pairs
-
-STAT_KEYS = ('pos', 'ignored', 'neg', 'pos_iou')
+from ...models.dense_heads.retina_targets import assigned_boxes
+from ...utils.errors import RetinaConfigError
 
 
 def level_names(strides: Sequence[Any]) -> List[str]:
@@ -30,19 +36,88 @@ def level_names(strides: Sequence[Any]) -> List[str]:
     return names
 
 
+class AnchorOutcomes(NamedTuple):
+    """What a batch's training targets made of each of the ``A`` anchors of ``B`` images.
+
+    Attributes:
+        level_sizes (List[int]): anchors per level, summing to ``A``.
+        pos (Tensor): ``(B, A)`` bool, positives.
+        ignored (Tensor): ``(B, A)`` bool, anchors taking part but neither positive nor negative
+            (assigned -1: IoU in ``[neg_iou_thr, pos_iou_thr)``, or an ignore region).
+        neg (Tensor): ``(B, A)`` bool, negatives. Anchors in no mask took no part (outside
+            the image's padding or border).
+        pos_anchor (Tensor): ``(P,)`` long, the anchor index in ``[0, A)`` of each positive.
+        pos_iou (Tensor): ``(P,)`` IoU of each positive with its gt box.
+    """
+
+    level_sizes: List[int]
+    pos: Tensor
+    ignored: Tensor
+    neg: Tensor
+    pos_anchor: Tensor
+    pos_iou: Tensor
+
+
+def _batched_head_outcomes(head: nn.Module, featmap_sizes: Sequence[Tuple[int, int]],
+                           gts: list, ignores: list, metas: List[dict], device: torch.device
+                           ) -> AnchorOutcomes:
+    """``RetinaNetHead``: the anchors, valid flags and targets its ``loss_by_feat`` builds."""
+    anchors, level_anchors = head.anchor_cache.anchors(featmap_sizes, device, torch.float32)
+    valid = head.anchor_cache.valid_flags(featmap_sizes, [m['pad_shape'] for m in metas],
+                                          device)
+    targets = head.get_batch_targets(anchors, valid, gts, metas, ignores)
+    pos = targets.gt_inds > 0
+    _, pos_anchor = pos.nonzero(as_tuple=True)
+    # the boxes the box loss regresses the positives to
+    pos_iou = bbox_overlaps(anchors[pos_anchor], assigned_boxes(targets, anchors)[pos],
+                            is_aligned=True)
+    return AnchorOutcomes([len(a) for a in level_anchors], pos,
+                          targets.anchor_valid & (targets.gt_inds < 0), targets.gt_inds == 0,
+                          pos_anchor, pos_iou)
+
+
+def _mmdet_head_outcomes(head: nn.Module, featmap_sizes: Sequence[Tuple[int, int]],
+                         gts: list, ignores: list, metas: List[dict], device: torch.device
+                         ) -> AnchorOutcomes:
+    """mmdet's ``AnchorHead``: its ``get_anchors`` and ``get_targets``, as its
+    ``loss_by_feat`` calls them, read through their sampling results."""
+    anchor_list, valid_list = head.get_anchors(featmap_sizes, metas, device=device)
+    sampling_results = head.get_targets(anchor_list, valid_list, gts, metas, ignores,
+                                        return_sampling_results=True)[5]
+    anchors = get_box_tensor(cat_boxes(anchor_list[0]))  # the same for every image
+    pos = anchors.new_zeros((len(metas), anchors.size(0)), dtype=torch.bool)
+    neg, inside = pos.clone(), pos.clone()
+    pos_anchor, pos_iou = [], []
+    for i, (res, valid, meta) in enumerate(zip(sampling_results, valid_list, metas)):
+        # The sampling results index the anchors kept inside the border, which get_targets
+        # does not return: the same anchor_inside_flags call as its _get_targets_single.
+        inside[i] = anchor_inside_flags(anchors, torch.cat(valid), meta['img_shape'][:2],
+                                        head.train_cfg['allowed_border'])
+        kept = inside[i].nonzero().squeeze(1)
+        pos[i, kept[res.pos_inds]] = True
+        neg[i, kept[res.neg_inds]] = True
+        pos_anchor.append(kept[res.pos_inds])
+        pos_iou.append(bbox_overlaps(get_box_tensor(res.pos_priors),
+                                     get_box_tensor(res.pos_gt_bboxes), is_aligned=True))
+    return AnchorOutcomes([len(a) for a in anchor_list[0]], pos, inside & ~pos & ~neg, neg,
+                          torch.cat(pos_anchor), torch.cat(pos_iou))
+
+
+def _uses_batched_targets(head: nn.Module) -> bool:
+    return hasattr(head, 'anchor_cache') and hasattr(head, 'get_batch_targets')
+
+
+def _uses_mmdet_targets(head: nn.Module) -> bool:
+    return hasattr(head, 'get_anchors') and hasattr(head, 'get_targets')
+
+
 def assignment_stats(head: nn.Module, featmap_sizes: Sequence[Tuple[int, int]],
                      batch_data_samples: Sequence[Any]) -> Dict[str, Dict[str, Optional[float]]]:
-    """Assigns the batch's gts to the head's anchors as training does, and counts per level.
-
-    Works with any anchor head exposing ``prior_generator``, ``assigner``, ``bbox_coder`` and
-    ``train_cfg`` (our ``RetinaNetHead``, mmdet's ``RetinaHead``): the targets come from
-    :func:`~mmdet_retina_plugin.models.dense_heads.retina_targets.anchor_targets`, the code our
-    head trains with (anchors inside each image's ``pad_shape`` and, with
-    ``train_cfg.allowed_border >= 0``, its border; batched through the assigner's
-    ``assign_batch`` when it has one, mmdet's ``assign`` image by image otherwise).
+    """Builds the batch's training targets with the head's own code, and counts per level.
 
     Args:
-        head (nn.Module): the detector's ``bbox_head`` (built with a ``train_cfg``).
+        head (nn.Module): the detector's ``bbox_head``, built with a ``train_cfg``: our
+            ``RetinaNetHead`` or an mmdet anchor head (``RetinaHead``, ``AnchorHead``).
         featmap_sizes (Sequence[Tuple[int, int]]): ``(Hi, Wi)`` of each level the head saw.
         batch_data_samples (Sequence[Any]): preprocessed ``DetDataSample`` s with
             ``gt_instances`` (``bboxes`` ``(Gi, 4)`` in input pixels, ``labels`` ``(Gi,)``),
@@ -56,29 +131,18 @@ def assignment_stats(head: nn.Module, featmap_sizes: Sequence[Tuple[int, int]],
         their gt (``None`` without positives).
     """
     gts, ignores, metas = unpack_gt_instances(batch_data_samples)
-    generator = head.prior_generator
     device = next(head.parameters()).device
-    per_level = generator.grid_priors(featmap_sizes, device=device)
-    anchors = torch.cat(per_level)
-    level = torch.cat([torch.full((len(a),), i, device=device) for i, a in enumerate(per_level)])
-    num_levels = len(per_level)
-    valid = torch.stack([torch.cat(generator.valid_flags(featmap_sizes, m['pad_shape'], device))
-                         for m in metas])
-    train_cfg = head.train_cfg or {}
-    targets = anchor_targets(
-        head.assigner, anchors, valid, gts, metas, head.num_classes, ignores,
-        allowed_border=train_cfg.get('allowed_border', -1),
-        pos_weight=train_cfg.get('pos_weight', -1),
-        clip_border=getattr(head.bbox_coder, 'clip_border', True))
-    gt_inds, taking_part = targets.gt_inds, targets.anchor_valid
-    counts = torch.stack([
-        torch.bincount(level.expand_as(gt_inds)[mask], minlength=num_levels)
-        for mask in (gt_inds > 0, taking_part & (gt_inds < 0), gt_inds == 0)]).double()
-    img_idx, anchor_idx, pos_gt = positive_pairs(targets)
-    iou = bbox_overlaps(anchors[anchor_idx], pos_gt, is_aligned=True)
-    iou_sum = torch.bincount(level[anchor_idx], weights=iou.double(), minlength=num_levels)
+    outcomes_of = _batched_head_outcomes if _uses_batched_targets(head) else _mmdet_head_outcomes
+    out = outcomes_of(head, featmap_sizes, gts, ignores, metas, device)
+    num_levels = len(out.level_sizes)
+    level = torch.repeat_interleave(torch.arange(num_levels, device=device),
+                                    torch.tensor(out.level_sizes, device=device))
+    counts = torch.stack([torch.bincount(level.expand_as(mask)[mask], minlength=num_levels)
+                          for mask in (out.pos, out.ignored, out.neg)]).double()
+    iou_sum = torch.bincount(level[out.pos_anchor], weights=out.pos_iou.double(),
+                             minlength=num_levels)
     num_images = max(len(gts), 1)
-    names = level_names(generator.strides)
+    names = level_names(head.prior_generator.strides)
     stats = {}
     for key, c, s in [(names[i], counts[:, i], iou_sum[i]) for i in range(num_levels)] + [
             ('all', counts.sum(1), iou_sum.sum())]:
@@ -95,11 +159,11 @@ class RetinaAssignStatsHook(Hook):
 
     The hook records, without copying, what the model saw: the preprocessed ``data_samples``
     (forward pre-hook on the detector, ``mode='loss'``) and the feature sizes (forward pre-hook on
-    ``bbox_head``). After the iteration it re-runs the head's assigner on them (see
-    :func:`assignment_stats`), so it needs no API from the head beyond mmdet's anchor-head
-    attributes. Scalars go to the MessageHub as ``train/assign/<level>_<stat>``; the
-    ``LoggerHook`` then writes them to the log and to the visualizer backends (TensorBoard when
-    configured). A one-line summary also goes to the logger.
+    ``bbox_head``). After the iteration it builds the training targets from them with the head's
+    own target code (see :func:`assignment_stats`): ``RetinaNetHead`` or any mmdet anchor head.
+    Scalars go to the MessageHub as ``train/assign/<level>_<stat>``; the ``LoggerHook`` then
+    writes them to the log and to the visualizer backends (TensorBoard when configured). A
+    one-line summary also goes to the logger.
 
     Args:
         interval: iterations between two measurements (>= 1).
@@ -110,7 +174,7 @@ class RetinaAssignStatsHook(Hook):
 
     def __init__(self, interval: int = 50, log_text: bool = True) -> None:
         if not isinstance(interval, int) or interval < 1:
-            raise ValueError(f'interval must be an int >= 1, got {interval!r}')
+            raise RetinaConfigError(f'interval must be an int >= 1, got {interval!r}')
         self.interval = interval
         self.log_text = log_text
         self._capture = False
@@ -126,11 +190,12 @@ class RetinaAssignStatsHook(Hook):
     def before_train(self, runner) -> None:
         detector = self._detector(runner)
         head = getattr(detector, 'bbox_head', None)
-        missing = [a for a in ('prior_generator', 'assigner') if not hasattr(head, a)]
-        if head is None or missing:
-            raise ValueError(f'RetinaAssignStatsHook needs model.bbox_head with prior_generator '
-                             f'and assigner (an anchor head built with train_cfg); missing '
-                             f'{missing}')
+        if not (hasattr(head, 'prior_generator') and hasattr(head, 'assigner')
+                and (_uses_batched_targets(head) or _uses_mmdet_targets(head))):
+            raise RetinaConfigError(
+                'RetinaAssignStatsHook needs model.bbox_head to be an anchor head built with a '
+                "train_cfg (RetinaNetHead, or mmdet's RetinaHead / AnchorHead), got "
+                f'{type(head).__name__}')
         self._handles = [
             detector.register_forward_pre_hook(self._record_samples, with_kwargs=True),
             head.register_forward_pre_hook(self._record_featmaps)]

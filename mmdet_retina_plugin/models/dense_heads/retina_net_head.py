@@ -32,6 +32,9 @@ from ...utils.dist_utils import reduce_mean_avg_factor
 from ..losses import RetinaFocalLoss, RetinaHardNegativeCELoss
 from ..losses.focal_eager import AVG_EPS
 from ..task_modules.prior_generators import AnchorCache
+from .retina_gt_reporter import GtReporter
+from .retina_gts import GtBatch, host_tensor, image_hw, pad_gts
+from .retina_loss_reduction import level_sums, moving_average
 from .retina_post_processing import (
     clip_boxes,
     decode_boxes,
@@ -43,19 +46,7 @@ from .retina_post_processing import (
     rescale_boxes,
     select_level_topk,
 )
-from .retina_targets import (
-    BatchTargets,
-    GtBatch,
-    GtReporter,
-    assigned_boxes,
-    batch_targets,
-    encode_boxes,
-    host_tensor,
-    image_hw,
-    level_sums,
-    moving_average,
-    pad_gts,
-)
+from .retina_targets import BatchTargets, assigned_boxes, batch_targets, encode_boxes
 
 
 def _flatten_levels(maps: Sequence[Tensor], channels: int) -> Tensor:
@@ -403,7 +394,7 @@ class RetinaNetHead(BaseDenseHead):
             bbox_preds (Sequence[Tensor]): ``[(B, A*4, Hi, Wi)]`` deltas.
             anchors (Tensor): ``(S, 4)`` anchors of all levels, ``S = sum(Hi*Wi*A)``.
             valid (Tensor): ``(B, S)`` bool, False on each image's padding.
-            gts (GtBatch): the padded gts (:func:`~.retina_targets.pad_gts`).
+            gts (GtBatch): the padded gts (:func:`~.retina_gts.pad_gts`).
 
         Returns:
             Tuple[Tensor, Tensor, Tensor]: ``loss_cls`` and ``loss_bbox`` ``(L,)`` per level,

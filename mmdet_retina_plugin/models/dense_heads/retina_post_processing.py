@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ..layers.batched_nms import batched_nms_padded
 from ..layers.batched_nms import supports as batched_nms_supports
-from .retina_targets import box_bounds, host_tensor
+from .retina_gts import box_bounds, host_tensor
 
 # Width of the blocks whose maxima pre-select the top-k (see topk_rows): the first pass reads
 # every logit once, vectorised; the second sorts k blocks of this many.

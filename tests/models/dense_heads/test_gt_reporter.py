@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from mmdet_retina_plugin.models.dense_heads.retina_targets import GtReporter, _PendingReport
+from mmdet_retina_plugin.models.dense_heads.retina_gt_reporter import GtReporter, _PendingReport
 
 METAS = [dict(img_id=7, img_path='a.jpg'), dict(img_id=8, img_path='b.jpg')]
 

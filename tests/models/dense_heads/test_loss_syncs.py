@@ -9,7 +9,7 @@ from head_pairs import METAS, build_pair, random_gts, random_maps
 from mmengine.structures import InstanceData
 from sync_count import count_syncs
 
-from mmdet_retina_plugin.models.dense_heads.retina_targets import pad_gts
+from mmdet_retina_plugin.models.dense_heads.retina_gts import pad_gts
 
 ASSIGNER = dict(type='RetinaIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0)
 RETINA = dict(loss_cls=dict(type='RetinaFocalLoss', gamma=2.0, alpha=0.25))

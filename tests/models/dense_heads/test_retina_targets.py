@@ -3,7 +3,8 @@ import pytest
 import torch
 from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder, TBLRBBoxCoder
 
-from mmdet_retina_plugin.models.dense_heads.retina_targets import encode_boxes, level_sums
+from mmdet_retina_plugin.models.dense_heads.retina_loss_reduction import level_sums
+from mmdet_retina_plugin.models.dense_heads.retina_targets import encode_boxes
 
 
 def boxes(n, seed):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ....utils.errors import RetinaConfigError
+
 _MODES = ('iou', 'iof')
 
 
@@ -51,7 +53,7 @@ def pairwise_overlaps(boxes1: Tensor, boxes2: Tensor, mode: str = 'iou', eps: fl
         Tensor: ``(..., M, N)`` overlaps in ``[0, 1]`` for well-formed boxes.
     """
     if mode not in _MODES:
-        raise ValueError(f'mode must be one of {_MODES}, got {mode!r}')
+        raise RetinaConfigError(f'mode must be one of {_MODES}, got {mode!r}')
     # Contiguous per-coordinate planes: broadcasting strided (..., 4) slices is several times
     # slower than broadcasting contiguous ones.
     x1a, y1a, x2a, y2a = boxes1.movedim(-1, 0)[..., :, None].contiguous()

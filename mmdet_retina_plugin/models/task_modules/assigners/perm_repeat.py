@@ -17,6 +17,8 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor
 
+from ....utils.errors import RetinaConfigError
+
 # mmdet: a group is redrawn at most this many times; the last draw is kept even if invalid.
 MAX_REDRAWS = 5
 # mmdet's redraws test IoU against its default threshold, not the configured one.
@@ -38,14 +40,16 @@ def check_perm_repeat_cfg(cfg: Mapping | None) -> dict | None:
     if cfg is None:
         return None
     if not isinstance(cfg, Mapping) or set(cfg) - set(PERM_KEYS):
-        raise ValueError(f'perm_repeat_gt_cfg must be None or a dict with keys among '
-                         f'{PERM_KEYS}, got {cfg!r}')
+        raise RetinaConfigError(f'perm_repeat_gt_cfg must be None or a dict with keys among '
+                                f'{PERM_KEYS}, got {cfg!r}')
     iou_thr = float(cfg.get('iou_thr', REDRAW_IOU_THR))
     perm_range = float(cfg.get('perm_range', 0.01))
     if not 0.0 <= iou_thr <= 1.0:
-        raise ValueError(f'perm_repeat_gt_cfg iou_thr must be in [0, 1], got {iou_thr}')
+        raise RetinaConfigError(f'perm_repeat_gt_cfg iou_thr must be in [0, 1], '
+                                f'got {iou_thr}')
     if not 0.0 <= perm_range < 1.0:
-        raise ValueError(f'perm_repeat_gt_cfg perm_range must be in [0, 1), got {perm_range}')
+        raise RetinaConfigError(f'perm_repeat_gt_cfg perm_range must be in [0, 1), '
+                                f'got {perm_range}')
     return dict(iou_thr=iou_thr, perm_range=perm_range)
 
 

@@ -1,5 +1,6 @@
-"""RetinaIoUAssigner: bitwise parity with mmdet's MaxIoUAssigner for every option (custom IoU
-calculators, gpu_assign_thr, perm_repeat_gt_cfg included), batched/chunked equivalence,
+"""RetinaIoUAssigner: the single-image rule (``max_iou_assign``) bitwise equal to mmdet's
+MaxIoUAssigner, the batched/chunked path equal to that rule image by image, every option
+(custom IoU calculators, gpu_assign_thr, perm_repeat_gt_cfg included) equal to mmdet,
 hand-computed tie-breaking, random scenes (hypothesis), argument validation and registry build."""
 import copy
 import os
@@ -20,7 +21,9 @@ from mmengine.structures import InstanceData
 import mmdet_retina_plugin  # noqa: F401  (registers RetinaIoUAssigner)
 from mmdet_retina_plugin.models.task_modules.assigners import (
     BatchAssignResult,
+    MaxIoURule,
     RetinaIoUAssigner,
+    max_iou_assign,
     pairwise_overlaps,
 )
 from mmdet_retina_plugin.models.task_modules.assigners.perm_repeat import jitter_repeated_boxes
@@ -95,6 +98,18 @@ def _assign_mmdet(cfg: Dict, priors, gts, labels, ignore=None) -> AssignResult:
         InstanceData(priors=priors), InstanceData(bboxes=gts, labels=labels), ign)
 
 
+def _rule(cfg: Dict) -> MaxIoURule:
+    """The rule of one of ``CONFIGS`` (mmdet's argument names)."""
+    kwargs = _mmdet_kwargs(cfg)
+    neg = kwargs.pop('neg_iou_thr')
+    return MaxIoURule(neg_range=neg if isinstance(neg, tuple) else (0.0, neg), **kwargs)
+
+
+def _assign_reference(cfg: Dict, priors, gts, labels, ignore=None) -> BatchAssignResult:
+    """The oracle: the plain single-image rule with mmdet's ``bbox_overlaps``."""
+    return BatchAssignResult(*max_iou_assign(_rule(cfg), priors, gts, labels, ignore))
+
+
 def _assert_same(ours, ref) -> None:
     assert torch.equal(ours.gt_inds, ref.gt_inds)
     assert ours.gt_inds.dtype == ref.gt_inds.dtype
@@ -105,16 +120,18 @@ def _assert_same(ours, ref) -> None:
 
 @pytest.mark.parametrize('num_gts', [0, 1, 8, 100])
 @pytest.mark.parametrize('cfg_name', list(CONFIGS))
-def test_assign_matches_mmdet(num_gts: int, cfg_name: str) -> None:
+def test_reference_and_assign_match_mmdet(num_gts: int, cfg_name: str) -> None:
+    """The oracle, and ``assign`` (which runs it), bitwise equal to mmdet's MaxIoUAssigner,
+    with and without ignore regions."""
     cfg = CONFIGS[cfg_name]
     for seed in range(2):
         priors, gts, labels, ignore = _scene(num_gts, seed)
-        ref = _assign_mmdet(cfg, priors, gts, labels, ignore)
-        # Default (one chunk) and ~5 chunks of priors: both must equal mmdet.
-        for chunk_numel in (None, max(num_gts, 3) * 50):
-            ours = RetinaIoUAssigner(**_mmdet_kwargs(cfg), chunk_numel=chunk_numel).assign(
+        for ign in (None, ignore):
+            ref = _assign_mmdet(cfg, priors, gts, labels, ign)
+            _assert_same(_assign_reference(cfg, priors, gts, labels, ign), ref)
+            ours = RetinaIoUAssigner(**_mmdet_kwargs(cfg)).assign(
                 InstanceData(priors=priors), InstanceData(bboxes=gts, labels=labels),
-                InstanceData(bboxes=ignore))
+                None if ign is None else InstanceData(bboxes=ign))
             assert isinstance(ours, AssignResult)
             assert ours.num_gts == ref.num_gts
             _assert_same(ours, ref)
@@ -198,11 +215,11 @@ def _padded_batch(num_gts_per_img, seed: int):
 
 
 def _mmdet_on_image(cfg, priors, gt_bboxes, gt_labels, gt_valid, prior_valid, ignore,
-                    ignore_valid) -> BatchAssignResult:
-    """mmdet on the image's valid gts and valid priors, scattered back to all priors; removed
-    priors get the documented (-1, 0, -1)."""
-    ref = _assign_mmdet(cfg, priors[prior_valid], gt_bboxes[gt_valid], gt_labels[gt_valid],
-                        ignore[ignore_valid])
+                    ignore_valid, assign=_assign_mmdet) -> BatchAssignResult:
+    """mmdet (or ``assign``) on the image's valid gts and valid priors, scattered back to all
+    priors; removed priors get the documented (-1, 0, -1)."""
+    ref = assign(cfg, priors[prior_valid], gt_bboxes[gt_valid], gt_labels[gt_valid],
+                 ignore[ignore_valid])
     # gt index k in the compacted gts -> its slot in the padded row.
     slot_of = torch.cat([torch.zeros(1, dtype=torch.long),
                          gt_valid.nonzero()[:, 0] + 1])
@@ -216,8 +233,14 @@ def _mmdet_on_image(cfg, priors, gt_bboxes, gt_labels, gt_valid, prior_valid, ig
     return BatchAssignResult(gt_inds, max_overlaps, labels)
 
 
+def _reference_on_image(cfg, *image) -> BatchAssignResult:
+    """The oracle on one image of a padded batch (see :func:`_mmdet_on_image`)."""
+    return _mmdet_on_image(cfg, *image, assign=_assign_reference)
+
+
 @pytest.mark.parametrize('cfg_name', list(CONFIGS))
-def test_assign_batch_matches_per_image_mmdet(cfg_name: str) -> None:
+def test_assign_batch_matches_reference(cfg_name: str) -> None:
+    """The batched path, in one chunk and in several, equals the single-image rule."""
     cfg = CONFIGS[cfg_name]
     batch = _padded_batch([8, 0, 30, 1], seed=3)
     priors, gt_bboxes, gt_labels, gt_valid, prior_valid, ignore, ignore_valid = batch
@@ -228,7 +251,7 @@ def test_assign_batch_matches_per_image_mmdet(cfg_name: str) -> None:
         assert isinstance(ours, BatchAssignResult)
         assert ours.gt_inds.shape == (4, priors.size(0))
         for i in range(4):
-            ref = _mmdet_on_image(cfg, priors, *(t[i] for t in batch[1:]))
+            ref = _reference_on_image(cfg, priors, *(t[i] for t in batch[1:]))
             _assert_same(BatchAssignResult(*(t[i] for t in ours)), ref)
 
 
@@ -239,8 +262,8 @@ def test_assign_batch_defaults_and_no_gts() -> None:
     ours = assigner.assign_batch(priors, gt_bboxes, gt_labels, gt_valid)
     full = torch.ones(2, priors.size(0), dtype=torch.bool)
     for i in range(2):
-        ref = _mmdet_on_image({}, priors, gt_bboxes[i], gt_labels[i], gt_valid[i], full[i],
-                              torch.zeros(0, 4), torch.zeros(0, dtype=torch.bool))
+        ref = _reference_on_image({}, priors, gt_bboxes[i], gt_labels[i], gt_valid[i], full[i],
+                                  torch.zeros(0, 4), torch.zeros(0, dtype=torch.bool))
         _assert_same(BatchAssignResult(*(t[i] for t in ours)), ref)
     empty = assigner.assign_batch(priors, torch.zeros(2, 0, 4), torch.zeros(2, 0,
                                                                             dtype=torch.long),
@@ -292,6 +315,14 @@ def test_pairwise_overlaps_bitwise_equal_mmdet() -> None:
 def test_invalid_args_raise(kwargs: Dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         RetinaIoUAssigner(**kwargs)
+
+
+def test_invalid_arg_is_an_assertion_error_too() -> None:
+    """mmdet's own tests expect ``AssertionError`` from a bad argument: it catches ours."""
+    with pytest.raises(AssertionError, match='pos_iou_thr'):
+        RetinaIoUAssigner(pos_iou_thr=1.5)
+    with pytest.raises(AssertionError, match='perm_range'):
+        RetinaIoUAssigner(perm_repeat_gt_cfg=dict(perm_range=1.0))
 
 
 def test_registry_build_and_list_pair() -> None:
