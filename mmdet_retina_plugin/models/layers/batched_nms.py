@@ -253,7 +253,7 @@ def batched_nms_padded(boxes: Tensor, scores: Tensor, labels: Tensor, valid: Ten
     order = order[:num_valid]
     thr, offset = float(nms_cfg['iou_threshold']), int(nms_cfg.get('offset', 0))
     if _host_kernel(boxes):
-        kept = _greedy_mmcv_cpu(boxes.flatten(0, 1)[order], scores.flatten()[order],
+        kept = _greedy_mmcv_cpu(boxes.flatten(0, 1)[order], scores.flatten()[order].float(),
                                 valid_counts, thr, offset)
     else:
         kept = _greedy(boxes.flatten(0, 1)[order], segment[:num_valid], rounds, thr, offset,
