@@ -27,6 +27,7 @@ import torch
 from mmengine.config import Config
 
 from ..engine.hooks.assign_stats_hook import level_names
+from ..utils.errors import RetinaConfigError
 
 if TYPE_CHECKING:
     from mmdet.models.task_modules.prior_generators import AnchorGenerator
@@ -72,13 +73,13 @@ class ModelView:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.pos_iou_thr <= 1.0:
-            raise ValueError(f'pos_iou_thr must be in (0, 1], got {self.pos_iou_thr}')
+            raise RetinaConfigError(f'pos_iou_thr must be in (0, 1], got {self.pos_iou_thr}')
         if self.pad_size_divisor < 1:
-            raise ValueError(f'pad_size_divisor must be >= 1, got {self.pad_size_divisor}')
+            raise RetinaConfigError(f'pad_size_divisor must be >= 1, got {self.pad_size_divisor}')
         if self.scale is not None and (len(self.scale) != 2 or min(self.scale) <= 0):
-            raise ValueError(f'scale must be a positive (w, h) pair, got {self.scale}')
+            raise RetinaConfigError(f'scale must be a positive (w, h) pair, got {self.scale}')
         if not self.scale_factor > 0:
-            raise ValueError(f'scale_factor must be > 0, got {self.scale_factor}')
+            raise RetinaConfigError(f'scale_factor must be > 0, got {self.scale_factor}')
 
     def resized_shape(self, width: int, height: int) -> Tuple[int, int]:
         """Returns the image size ``(w, h)`` after the config's ``Resize``."""
@@ -155,11 +156,11 @@ def model_view_from_config(cfg: Config, pipeline: str = 'test',
         ModelView: what the coverage needs to know of the model.
     """
     if pipeline not in ('test', 'train'):
-        raise ValueError(f"pipeline must be 'test' or 'train', got {pipeline!r}")
+        raise RetinaConfigError(f"pipeline must be 'test' or 'train', got {pipeline!r}")
     model = cfg['model']
     head = model.get('bbox_head') or {}
     if 'anchor_generator' not in head:
-        raise ValueError('config has no model.bbox_head.anchor_generator')
+        raise RetinaConfigError('config has no model.bbox_head.anchor_generator')
     if pos_iou_thr is None:
         train_cfg = model.get('train_cfg') or head.get('train_cfg') or {}
         pos_iou_thr = (train_cfg.get('assigner') or {}).get('pos_iou_thr', 0.5)
@@ -191,7 +192,7 @@ def load_gts(ann_file: str | Path, view: ModelView, max_images: Optional[int] = 
         GtSet: the resized gt boxes and their original areas, grouped by padded image shape.
     """
     if max_images is not None and max_images < 1:
-        raise ValueError(f'max_images must be >= 1, got {max_images}')
+        raise RetinaConfigError(f'max_images must be >= 1, got {max_images}')
     with open(ann_file) as f:
         coco = json.load(f)
     images = {img['id']: img for img in coco['images']}
@@ -356,7 +357,7 @@ def search_anchor_settings(gts: GtSet, view: ModelView, top: int = 5) -> List[di
         ``by_coco_size`` maps ``all`` / ``small`` / ``medium`` / ``large`` to coverage.
     """
     if top < 1:
-        raise ValueError(f'top must be >= 1, got {top}')
+        raise RetinaConfigError(f'top must be >= 1, got {top}')
     base = dict(view.anchor_generator)
     base.pop('scales', None)  # the grid is expressed in octave terms
     current = coverage_of(gts, view.anchor_generator, view.pos_iou_thr)

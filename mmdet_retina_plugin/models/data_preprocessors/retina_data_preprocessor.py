@@ -21,6 +21,8 @@ import torch
 from mmdet.models.data_preprocessors import DetDataPreprocessor
 from mmdet.registry import MODELS
 
+from ...utils.errors import RetinaConfigError
+
 
 @MODELS.register_module()
 class RetinaDataPreprocessor(DetDataPreprocessor):
@@ -42,7 +44,7 @@ class RetinaDataPreprocessor(DetDataPreprocessor):
         for name, value in (('test_channels_last', test_channels_last),
                             ('train_channels_last', train_channels_last)):
             if not isinstance(value, bool):
-                raise ValueError(f'{name} must be True or False, got {value!r}')
+                raise RetinaConfigError(f'{name} must be True or False, got {value!r}')
         super().__init__(**kwargs)
         self.test_channels_last = test_channels_last
         self.train_channels_last = train_channels_last
