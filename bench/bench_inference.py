@@ -112,8 +112,9 @@ def main() -> None:
 
     from mmdet_retina_plugin.deploy import OnnxRetinaNet, export_onnx
     register_all_modules()
-    # random weights drive activations into float denormals, which cost torch's CPU kernels
-    # ~10x; trained weights do not. Flushed to zero here, as ONNX Runtime's kernels do anyway.
+    # random weights drive activations into float denormals, which slow torch's CPU kernels
+    # (docs/benchmarks.md, Inference); trained weights do not. Flushed to zero here, as ONNX
+    # Runtime's kernels do anyway.
     torch.set_flush_denormal(True)
     peak = peak_flops()
     rows: List[Dict[str, object]] = []

@@ -42,8 +42,8 @@ CONFIGS = {'ours': CONFIG_DIR / 'retinanet_shapes.py',
            'stock': CONFIG_DIR / 'retinanet_shapes_stock.py'}
 
 # The data set the configs are tuned for, and a tiny one for --quick.
-# 160 px keeps an iteration near 0.1 s on 2 CPU cores; shapes up to 112 px still give COCO's
-# large range (box area >= 96^2).
+# 160 px keeps an iteration short on 2 CPU cores (the demo's times: README, "The demo");
+# shapes up to 112 px still give COCO's large range (box area >= 96^2).
 FULL_DATA = dict(num_train=1000, num_val=500, image_size=(160, 160), seed=0,
                  object_size=(10.0, 112.0))
 QUICK_DATA = dict(num_train=16, num_val=8, image_size=(128, 128), seed=0)

@@ -159,7 +159,7 @@ param_scheduler = [
 # BN statistics averaged over 200 training batches once training ends (detectron2's PreciseBN):
 # at batch 4, BN's own running average over the last ~10 batches is a noisy estimate, and the
 # evaluation uses it. Over the demo's 24 runs (3 detectors x 8 seeds) it moved mAP by -0.001 to
-# +0.005 (mean +0.0015). Training itself is unchanged (same weights); costs ~4 s.
+# +0.005 (mean +0.0015). Training itself is unchanged (same weights); its time: README, "The demo".
 custom_hooks = [dict(type='RetinaPreciseBNHook', num_iters=200, interval=max_epochs)]
 
 default_hooks = dict(

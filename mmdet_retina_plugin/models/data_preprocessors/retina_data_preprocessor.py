@@ -3,10 +3,9 @@
 On CPU, oneDNN's convolutions read and write NHWC natively; given NCHW tensors, every
 convolution reorders its input and output. A channels-last input batch makes the whole network
 (convolutions, batch norm, ReLU, pooling and additions keep the format) run without those
-reorders: measured on 2 cores, R50 RetinaNet end to end at 800x1216 takes 5 % less time
-(8.78 s -> 8.34 s, alternating runs of the same weights). Only the memory layout changes: the
-tensors, their shapes and indexing are the same, the values equal to float32 rounding
-(oneDNN's NHWC kernels sum in another order).
+reorders (what that saves end to end: ``docs/benchmarks.md``, Inference). Only the memory
+layout changes: the tensors, their shapes and indexing are the same, the values equal to
+float32 rounding (oneDNN's NHWC kernels sum in another order).
 
 Training batches stay NCHW by default: training numerics stay bit-identical to mmdet's. On a
 GPU, channels-last training batches (``train_channels_last=True``) with channels-last weights

@@ -88,10 +88,10 @@ class RetinaFocalLoss(BaseModule):
         activated (bool): ``pred`` holds probabilities instead of logits (mmdet's
             ``py_focal_loss_with_prob``: eager autograd, no fast path).
         compile_min_numel (int | None): logits with at least this many elements use a
-            ``torch.compile`` kernel (compiled once: ~20 s, ~6 s from the inductor disk cache;
-            then 8-25x faster than eager, measured);
-            ``None`` disables compiling. Defaults to ``2**22`` (a full-size RetinaNet batch is
-            ``~2**25``), so small inputs such as unit tests never pay the compile time.
+            ``torch.compile`` kernel (compiled once per process; compile time and speed in
+            ``docs/benchmarks.md``); ``None`` disables compiling. Defaults to ``2**22`` (a
+            full-size RetinaNet batch is ``~2**25``), so small inputs such as unit tests never
+            pay the compile time.
         init_cfg (dict | None): see :class:`mmengine.model.BaseModule`.
     """
 
