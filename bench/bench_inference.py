@@ -147,8 +147,7 @@ def main() -> None:
                 notes.append(f'{name} {side}: {1 / per_img:.2f} img/s, '
                              f'{flops / per_img / peak * 100:.1f} % of peak '
                              f'({flops / 1e9:.1f} GFLOP/img)')
-    report('bench_inference', rows, notes='; '.join(notes))
-    print('\n'.join(notes))
+    report('bench_inference', rows, notes)
 
 
 if __name__ == '__main__':
