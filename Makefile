@@ -36,7 +36,7 @@ bench: env
 # (the test suite checks one config of each of 12 families): counts in work_dirs/dropin/report.{md,json}
 DROPIN_WORKERS ?= 2
 dropin: env
-	$(PY) tests/dropin/zoo_sweep.py --all --workers $(DROPIN_WORKERS) --out work_dirs/dropin
+	$(PY) -m mmdet_retina_plugin.tools.zoo_sweep --all --workers $(DROPIN_WORKERS) --out work_dirs/dropin
 
 clean-env:
 	rm -rf $(VENV)

@@ -109,8 +109,7 @@ def main(repeats: int = 5) -> List[Dict[str, object]]:
         r['mem_ours_over_stock'] = r['ours']['peak_extra_mib'] / r['stock']['peak_extra_mib']
         notes.append(f'{r["case"]}: ours/clone time {r["ours_over_clone"]:.2f}x, '
                      f'ours/stock peak memory {r["mem_ours_over_stock"]:.3f}')
-    report('focal_loss', rows, notes='; '.join(notes))
-    print('\n'.join(notes))
+    report('focal_loss', rows, notes)
     return rows
 
 

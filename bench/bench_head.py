@@ -3,8 +3,9 @@
 Cases (2 images of 800x1216, COCO's 80 classes, random head outputs):
 
 * ``loss+backward``: ``loss_by_feat`` (targets, focal loss, box loss) plus the backward pass
-  into the head outputs, with 8 and 200 gts per image. Stock: FocalLoss + MaxIoUAssigner;
-  ours: RetinaFocalLoss + RetinaIoUAssigner (the configs each side ships with).
+  into the head outputs, with 8 and 200 gts per image. Both heads as
+  ``retinanet_r50_fpn_1x_coco`` configures them (``bench/retinanet_r50.py``); stock: FocalLoss
+  + MaxIoUAssigner, ours: RetinaFocalLoss + RetinaIoUAssigner.
 * ``predict``: ``predict_by_feat`` (score filter, top-k, decode, NMS, rescale).
 
 Run: ``python -m bench.bench_head [--repeats N]``.
@@ -12,18 +13,17 @@ Run: ``python -m bench.bench_head [--repeats N]``.
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 from typing import Callable, Dict, List, Tuple
 
 import torch
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
-from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 
 import mmdet_retina_plugin  # noqa: F401  (registers our modules)
 from bench.harness import measure_pair, report
+from bench.retinanet_r50 import retinanet_r50_model_cfg
 
 NUM_CLASSES = 80
 BATCH_SHAPE = (800, 1216)
@@ -32,21 +32,15 @@ STRIDES = (8, 16, 32, 64, 128)
 
 
 def build_heads() -> Tuple[torch.nn.Module, torch.nn.Module]:
-    train_cfg = ConfigDict(
-        assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0,
-                      ignore_iof_thr=-1),
-        sampler=dict(type='PseudoSampler'), allowed_border=-1, pos_weight=-1, debug=False)
-    test_cfg = ConfigDict(nms_pre=1000, min_bbox_size=0, score_thr=0.05,
-                          nms=dict(type='nms', iou_threshold=0.5), max_per_img=100)
-    focal = dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0)
-    common = dict(num_classes=NUM_CLASSES, in_channels=256,
-                  loss_bbox=dict(type='L1Loss', loss_weight=1.0), test_cfg=test_cfg)
-    stock = MODELS.build(dict(type='RetinaHead', loss_cls=focal, train_cfg=train_cfg,
-                              **common))
-    ours_train = copy.deepcopy(train_cfg)
-    ours_train.assigner.type = 'RetinaIoUAssigner'
-    ours = MODELS.build(dict(type='RetinaNetHead', loss_cls=dict(focal, type='RetinaFocalLoss'),
-                             train_cfg=ours_train, **common))
+    """mmdet's ``RetinaHead`` and our ``RetinaNetHead`` with the head, ``train_cfg`` and
+    ``test_cfg`` of ``retinanet_r50_fpn_1x_coco`` (:func:`retinanet_r50_model_cfg`), sharing one
+    state_dict."""
+    heads = []
+    for ours in (False, True):
+        cfg = retinanet_r50_model_cfg(ours)
+        heads.append(MODELS.build(dict(cfg.bbox_head, train_cfg=cfg.train_cfg,
+                                       test_cfg=cfg.test_cfg)))
+    stock, ours = heads
     ours.load_state_dict(stock.state_dict(), strict=True)
     return stock, ours
 

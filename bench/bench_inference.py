@@ -112,8 +112,9 @@ def main() -> None:
 
     from mmdet_retina_plugin.deploy import OnnxRetinaNet, export_onnx
     register_all_modules()
-    # random weights drive activations into float denormals, which cost torch's CPU kernels
-    # ~10x; trained weights do not. Flushed to zero here, as ONNX Runtime's kernels do anyway.
+    # random weights drive activations into float denormals, which slow torch's CPU kernels
+    # (docs/benchmarks.md, Inference); trained weights do not. Flushed to zero here, as ONNX
+    # Runtime's kernels do anyway.
     torch.set_flush_denormal(True)
     peak = peak_flops()
     rows: List[Dict[str, object]] = []
@@ -146,8 +147,7 @@ def main() -> None:
                 notes.append(f'{name} {side}: {1 / per_img:.2f} img/s, '
                              f'{flops / per_img / peak * 100:.1f} % of peak '
                              f'({flops / 1e9:.1f} GFLOP/img)')
-    report('bench_inference', rows, notes='; '.join(notes))
-    print('\n'.join(notes))
+    report('bench_inference', rows, notes)
 
 
 if __name__ == '__main__':

@@ -17,7 +17,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 import torch
 
@@ -122,11 +122,13 @@ def machine() -> Dict[str, str]:
     return info
 
 
-def report(name: str, rows: List[Dict[str, object]], notes: Optional[str] = None) -> Path:
+def report(name: str, rows: List[Dict[str, object]],
+           notes: Union[str, Sequence[str], None] = None) -> Path:
     """Prints a table of ``rows`` (each: case, stock, ours measurements) and writes JSON.
 
     Each row must hold ``case`` and the dicts ``stock`` and ``ours`` from :func:`measure`; the
-    ratio column is stock time / ours time (> 1 means we are faster).
+    ratio column is stock time / ours time (> 1 means we are faster). ``notes`` given as lines
+    are printed after the table, one per line, and stored joined by ``'; '``.
     """
     print(f'\n== {name} ==  ({machine()})')
     print(f'{"case":44s} {"stock s":>9s} {"ours s":>9s} {"stock/ours":>10s} '
@@ -138,7 +140,12 @@ def report(name: str, rows: List[Dict[str, object]], notes: Optional[str] = None
               f'{s["peak_extra_mib"]:10.1f} {o["peak_extra_mib"]:9.1f}')
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f'{name}.json'
+    lines = None if notes is None or isinstance(notes, str) else list(notes)
     out.write_text(json.dumps({'name': name, 'date': datetime.date.today().isoformat(),
-                               'machine': machine(), 'notes': notes, 'rows': rows}, indent=2))
+                               'machine': machine(),
+                               'notes': notes if lines is None else '; '.join(lines),
+                               'rows': rows}, indent=2))
     print(f'-> {out}')
+    if lines:
+        print('\n'.join(lines))
     return out

@@ -6,13 +6,6 @@ _base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
 
 custom_imports = dict(imports=['mmdet_retina_plugin'], allow_failed_imports=False)
 
+# The base's FPN keeps its in_channels, out_channels=256 and num_outs=5.
 model = dict(
-    neck=dict(
-        _delete_=True,
-        type='RetinaFPN',
-        in_channels=[256, 512, 1024, 2048],
-        out_channels=256,
-        start_level=0,
-        num_outs=5,
-        p6_source='output',
-        strides=[4, 8, 16, 32, 64]))
+    neck=dict(type='RetinaFPN', start_level=0, p6_source='output', strides=[4, 8, 16, 32, 64]))

@@ -21,6 +21,7 @@ import torch
 from mmdet.structures import DetDataSample
 from mmengine.structures import InstanceData
 
+from ..utils.errors import RetinaConfigError
 from .sliced_core import SliceConfig, fit_size, forward_tiles, model_nms_iou, sliced_predict
 from .tile_merge import check_merge
 
@@ -41,8 +42,9 @@ def load_image(image: Union[str, Path, np.ndarray]) -> np.ndarray:
         np.ndarray: ``(H, W, 3)`` uint8 BGR.
 
     Raises:
-        ValueError: a missing or unreadable file (named), or an array that is not a non-empty
-            ``(H, W, 3)`` uint8 image.
+        ValueError: a missing or unreadable file (named).
+        RetinaConfigError: an argument that is not a path or a non-empty ``(H, W, 3)`` uint8
+            image.
     """
     if isinstance(image, (str, Path)):
         import mmcv
@@ -56,12 +58,13 @@ def load_image(image: Union[str, Path, np.ndarray]) -> np.ndarray:
             raise ValueError(f'image file {path} is empty or not a readable image')
         image = array
     if not isinstance(image, np.ndarray):
-        raise ValueError(f'image must be a file path or a numpy array, got {type(image).__name__}')
+        raise RetinaConfigError(
+            f'image must be a file path or a numpy array, got {type(image).__name__}')
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f'image must be an (H, W, 3) uint8 BGR array, got {image.dtype} '
-                         f'{image.shape}')
+        raise RetinaConfigError(f'image must be an (H, W, 3) uint8 BGR array, got {image.dtype} '
+                                f'{image.shape}')
     if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f'image is empty: shape {image.shape}')
+        raise RetinaConfigError(f'image is empty: shape {image.shape}')
     return image
 
 
@@ -74,7 +77,7 @@ class TorchTileDetector:
             (as ``mmdet.apis.init_detector`` builds it).
 
     Raises:
-        ValueError: a model without ``cfg``.
+        RetinaConfigError: a model without ``cfg``.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
@@ -83,8 +86,8 @@ class TorchTileDetector:
 
         cfg = getattr(model, 'cfg', None)
         if cfg is None:
-            raise ValueError('model_or_onnx has no .cfg: build the detector with '
-                             'mmdet.apis.init_detector (or set model.cfg to its config)')
+            raise RetinaConfigError('model_or_onnx has no .cfg: build the detector with '
+                                    'mmdet.apis.init_detector (or set model.cfg to its config)')
         pipeline = [t for t in get_test_pipeline_cfg(cfg)
                     if str(t['type']).split('.')[-1] not in _SKIPPED_TRANSFORMS]
         self.model = model
@@ -134,11 +137,13 @@ def tile_detector(model_or_onnx: Any) -> Callable[[List[np.ndarray]], List[Insta
     if isinstance(model_or_onnx, (str, Path)):
         path = Path(model_or_onnx)
         if path.suffix != '.onnx' or not path.is_file():
-            raise ValueError(f'model_or_onnx must be a detector, an existing .onnx file or an '
-                             f'OnnxRetinaNet, got the path {path}')
+            raise RetinaConfigError(
+                f'model_or_onnx must be a detector, an existing .onnx file or an '
+                f'OnnxRetinaNet, got the path {path}')
     elif not hasattr(model_or_onnx, 'det'):
-        raise ValueError(f'model_or_onnx must be a detector, an .onnx file or an OnnxRetinaNet, '
-                         f'got {type(model_or_onnx).__name__}')
+        raise RetinaConfigError(
+            f'model_or_onnx must be a detector, an .onnx file or an OnnxRetinaNet, '
+            f'got {type(model_or_onnx).__name__}')
     return OnnxTileDetector(model_or_onnx)
 
 
@@ -184,7 +189,8 @@ def slice_inference(model_or_onnx: Any, image: Union[str, Path, np.ndarray],
         on the CPU. No detections: ``N = 0``.
 
     Raises:
-        ValueError: a bad argument (named) or an unreadable image file (named).
+        RetinaConfigError: a bad argument (named).
+        ValueError: an unreadable image file (named).
     """
     cfg = SliceConfig(tile=tile, overlap=overlap, batch_size=batch_size, merge=merge,
                       merge_iou_thr=merge_iou_thr, merge_metric=merge_metric,

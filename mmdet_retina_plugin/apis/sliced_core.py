@@ -15,6 +15,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 from mmengine.structures import InstanceData
 
+from ..utils.errors import RetinaConfigError
 from ..utils.tiling import Window, check_overlap, check_tile, tile_windows
 from .tile_merge import check_merge, merge_tile_detections
 
@@ -72,12 +73,12 @@ class SliceConfig:
             if value is None and name == 'max_per_img':
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f'{name} must be an int >= 1, got {value!r}')
+                raise RetinaConfigError(f'{name} must be an int >= 1, got {value!r}')
         check_merge(self.merge, self.merge_metric, [('merge_iou_thr', self.merge_iou_thr),
                                                      ('cut_ios_thr', self.cut_ios_thr)])
         if isinstance(self.edge_margin, bool) or not isinstance(self.edge_margin, (int, float)) \
                 or self.edge_margin < 0:
-            raise ValueError(f'edge_margin must be a number >= 0, got {self.edge_margin!r}')
+            raise RetinaConfigError(f'edge_margin must be a number >= 0, got {self.edge_margin!r}')
 
 
 def fit_size(height: int, width: int, scale: Sequence[int]) -> Tuple[int, int]:

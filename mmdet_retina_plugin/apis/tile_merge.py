@@ -25,6 +25,8 @@ import torch
 from mmengine.structures import InstanceData
 from torch import Tensor
 
+from ..utils.errors import RetinaConfigError
+
 MERGE_MODES = ('nms', 'greedy')
 MATCH_METRICS = ('iou', 'ios')
 # Rows of a pairwise-overlap matrix computed at once: bounds memory when many boxes share an
@@ -225,7 +227,7 @@ def merge_tile_detections(dets: InstanceData, windows: Tensor, height: int, widt
 
 
 def check_merge(merge: str, metric: str, thresholds: Sequence[tuple]) -> None:
-    """Raises ValueError for an unknown ``merge`` / ``metric`` or a threshold outside [0, 1].
+    """Raises RetinaConfigError for an unknown ``merge`` / ``metric`` or a threshold outside [0, 1].
 
     Args:
         merge (str): ``'nms'`` or ``'greedy'``.
@@ -233,10 +235,10 @@ def check_merge(merge: str, metric: str, thresholds: Sequence[tuple]) -> None:
         thresholds (Sequence[tuple]): ``(name, value)`` pairs; a None value is skipped.
     """
     if merge not in MERGE_MODES:
-        raise ValueError(f'merge must be one of {MERGE_MODES}, got {merge!r}')
+        raise RetinaConfigError(f'merge must be one of {MERGE_MODES}, got {merge!r}')
     if metric not in MATCH_METRICS:
-        raise ValueError(f'merge_metric must be one of {MATCH_METRICS}, got {metric!r}')
+        raise RetinaConfigError(f'merge_metric must be one of {MATCH_METRICS}, got {metric!r}')
     for name, value in thresholds:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not 0.0 <= value <= 1.0):
-            raise ValueError(f'{name} must be a number in [0, 1], got {value!r}')
+            raise RetinaConfigError(f'{name} must be a number in [0, 1], got {value!r}')

@@ -16,6 +16,7 @@ import numpy as np
 from mmdet.registry import DATASETS
 from mmengine.dataset import BaseDataset
 
+from ..utils.errors import RetinaConfigError
 from ..utils.tiling import TileSize, Window, check_overlap, check_tile, tile_windows
 
 PARTIAL_MODES = ('drop', 'ignore')
@@ -108,9 +109,10 @@ class RetinaTiledDataset(BaseDataset):
         lazy_init (bool): index the windows on first use instead of at construction.
 
     Raises:
-        ValueError: a bad ``tile`` / ``overlap`` / ``min_visible`` / ``partial`` /
-            ``empty_fraction``, a pipeline without ``RetinaCropTile``, or an image whose
-            annotation has no positive ``width`` / ``height`` (naming the file).
+        RetinaConfigError: a bad ``tile`` / ``overlap`` / ``min_visible`` / ``partial`` /
+            ``empty_fraction``, or a pipeline without ``RetinaCropTile``.
+        ValueError: an image whose annotation has no positive ``width`` / ``height`` (naming
+            the file).
     """
 
     def __init__(self, dataset: Union[dict, BaseDataset], tile: TileSize = 800,
@@ -122,16 +124,17 @@ class RetinaTiledDataset(BaseDataset):
         self.overlap = check_overlap(overlap)
         if isinstance(min_visible, bool) or not isinstance(min_visible, (int, float)) \
                 or not 0.0 < min_visible <= 1.0:
-            raise ValueError(f'min_visible must be a number in (0, 1], got {min_visible!r}')
+            raise RetinaConfigError(f'min_visible must be a number in (0, 1], got {min_visible!r}')
         if partial not in PARTIAL_MODES:
-            raise ValueError(f'partial must be one of {PARTIAL_MODES}, got {partial!r}')
+            raise RetinaConfigError(f'partial must be one of {PARTIAL_MODES}, got {partial!r}')
         if isinstance(empty_fraction, bool) or not isinstance(empty_fraction, (int, float)) \
                 or not 0.0 <= empty_fraction <= 1.0:
-            raise ValueError(f'empty_fraction must be a number in [0, 1], got {empty_fraction!r}')
+            raise RetinaConfigError(
+                f'empty_fraction must be a number in [0, 1], got {empty_fraction!r}')
         if not any((t.get('type') if isinstance(t, dict) else type(t).__name__) == CROP_TRANSFORM
                    for t in pipeline):
-            raise ValueError(f'pipeline must contain {CROP_TRANSFORM} after the image is '
-                             'loaded, or the boxes (in window pixels) miss the whole image')
+            raise RetinaConfigError(f'pipeline must contain {CROP_TRANSFORM} after the image is '
+                                    'loaded, or the boxes (in window pixels) miss the whole image')
         self.min_visible = float(min_visible)
         self.partial = partial
         self.empty_fraction = float(empty_fraction)

@@ -32,6 +32,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from ..utils.errors import RetinaConfigError
+
 CLASSES: Tuple[str, ...] = ('circle', 'square', 'triangle', 'cross', 'ring')
 SPLITS: Tuple[str, ...] = ('train', 'val')
 META_FILE = 'meta.json'
@@ -50,7 +52,7 @@ _SHIFT = 4
 
 def _check(name: str, ok: bool, allowed: str) -> None:
     if not ok:
-        raise ValueError(f'{name} must be {allowed}')
+        raise RetinaConfigError(f'{name} must be {allowed}')
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

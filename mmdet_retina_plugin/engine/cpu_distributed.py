@@ -36,6 +36,8 @@ from mmengine.runner import Runner
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..utils.errors import RetinaConfigError
+
 CPU_BACKEND = 'gloo'
 CPU_WRAPPER_CFG = "model_wrapper_cfg=dict(type='RetinaDistributedDataParallel', " \
                   "broadcast_buffers=False)"
@@ -101,21 +103,23 @@ def cpu_process_group_kwargs(launcher: str, dist_cfg: Mapping[str, Any],
         Dict[str, Any]: keyword arguments for ``torch.distributed.init_process_group``.
 
     Raises:
-        ValueError: naming the field and its allowed values, if any of them is not usable on a
-            host without an accelerator.
+        RetinaConfigError: naming the field and its allowed values, if any of them is not
+            usable on a host without an accelerator.
     """
     if launcher != 'pytorch':
-        raise ValueError(f"launcher must be 'pytorch' for CPU distributed training, "
-                         f'got {launcher!r}')
+        raise RetinaConfigError(f"launcher must be 'pytorch' for CPU distributed training, "
+                                f'got {launcher!r}')
     kwargs = dict(dist_cfg)
     backend = kwargs.pop('backend', None)
     if backend != CPU_BACKEND:
-        raise ValueError(f"env_cfg.dist_cfg.backend must be {CPU_BACKEND!r} on a host without an "
-                         f'accelerator, got {backend!r}')
+        raise RetinaConfigError(
+            f"env_cfg.dist_cfg.backend must be {CPU_BACKEND!r} on a host without an "
+            f'accelerator, got {backend!r}')
     init_backend = kwargs.pop('init_backend', 'torch')
     if init_backend != 'torch':
-        raise ValueError(f"env_cfg.dist_cfg.init_backend must be 'torch' for CPU distributed "
-                         f'training, got {init_backend!r}')
+        raise RetinaConfigError(
+            f"env_cfg.dist_cfg.init_backend must be 'torch' for CPU distributed "
+            f'training, got {init_backend!r}')
     # mmengine's default wrapper, and any DDP subclass, get device_ids from the Runner.
     wrapper_type = (model_wrapper_cfg or {}).get('type', 'MMDistributedDataParallel')
     wrapper_cls = MODEL_WRAPPERS.get(wrapper_type) if isinstance(wrapper_type, str) \
@@ -124,8 +128,9 @@ def cpu_process_group_kwargs(launcher: str, dist_cfg: Mapping[str, Any],
                        and issubclass(wrapper_cls, DistributedDataParallel)
                        and not issubclass(wrapper_cls, RetinaDistributedDataParallel))
     if model_wrapper_cfg is None or gets_device_ids:
-        raise ValueError(f'model_wrapper_cfg must wrap CPU modules for CPU distributed training '
-                         f'({CPU_WRAPPER_CFG}), got {model_wrapper_cfg!r}')
+        raise RetinaConfigError(
+            f'model_wrapper_cfg must wrap CPU modules for CPU distributed training '
+            f'({CPU_WRAPPER_CFG}), got {model_wrapper_cfg!r}')
     if kwargs.get('timeout') is not None:
         # Seconds in the config, a timedelta for torch (mmengine's init_dist converts it too).
         kwargs['timeout'] = datetime.timedelta(seconds=kwargs['timeout'])

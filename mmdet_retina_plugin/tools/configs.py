@@ -12,6 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Dict, Optional
 
+from ..utils.errors import RetinaConfigError
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # Installed package data first: an editable install has none and falls through to the checkout.
 SEARCH = (PACKAGE_DIR / '.mim' / 'configs', PACKAGE_DIR.parent / 'configs')
@@ -56,14 +58,14 @@ def config_path(name: str) -> Path:
         Path: the config file.
 
     Raises:
-        ValueError: ``name`` names no config; the message lists the names.
+        RetinaConfigError: ``name`` names no config; the message lists the names.
     """
     names = config_names()
     wanted = name if name.endswith('.py') else name + '.py'
     path = names.get(Path(wanted).stem)
     if path is None or not ('/' + path.as_posix()).endswith('/' + wanted):
-        raise ValueError(f'name {name!r} is not one of the plugin configs: '
-                         + ', '.join(names))
+        raise RetinaConfigError(f'name {name!r} is not one of the plugin configs: '
+                                + ', '.join(names))
     return path
 
 

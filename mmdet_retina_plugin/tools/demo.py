@@ -42,8 +42,8 @@ CONFIGS = {'ours': CONFIG_DIR / 'retinanet_shapes.py',
            'stock': CONFIG_DIR / 'retinanet_shapes_stock.py'}
 
 # The data set the configs are tuned for, and a tiny one for --quick.
-# 160 px keeps an iteration near 0.1 s on 2 CPU cores; shapes up to 112 px still give COCO's
-# large range (box area >= 96^2).
+# 160 px keeps an iteration short on 2 CPU cores (the demo's times: README, "The demo");
+# shapes up to 112 px still give COCO's large range (box area >= 96^2).
 FULL_DATA = dict(num_train=1000, num_val=500, image_size=(160, 160), seed=0,
                  object_size=(10.0, 112.0))
 QUICK_DATA = dict(num_train=16, num_val=8, image_size=(128, 128), seed=0)
@@ -89,12 +89,35 @@ def ensure_generated(root: str, spec: Dict[str, object]) -> str:
     return root
 
 
+def default_data_root(data_root: Optional[str], work_dir: str, quick: bool, name: str) -> str:
+    """``data_root`` if given, else ``data/<name>`` (``<work_dir>/<name>_quick`` for the tiny
+    ``--quick`` data set)."""
+    if data_root:
+        return data_root
+    return os.path.join(work_dir, f'{name}_quick') if quick else os.path.join('data', name)
+
+
 def prepare_data_root(data_root: Optional[str], work_dir: str, quick: bool) -> str:
-    """``data_root`` if given, else ``data/shapes`` (``<work_dir>/shapes_quick`` for the tiny
-    ``--quick`` data set), with the data set generated there if missing (:func:`ensure_dataset`).
+    """:func:`default_data_root` of the shapes data set, generated there if missing
+    (:func:`ensure_dataset`)."""
+    return ensure_dataset(default_data_root(data_root, work_dir, quick, 'shapes'), quick)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, work_dir: str, data_name: str,
+                      quick_help: str) -> None:
+    """``--work-dir``, ``--data-root`` and ``--quick``, as every demo command takes them.
+
+    Args:
+        parser (argparse.ArgumentParser): the command's parser.
+        work_dir (str): the default ``--work-dir``.
+        data_name (str): the data set's folder name (see :func:`default_data_root`).
+        quick_help (str): what ``--quick`` runs instead.
     """
-    default = os.path.join(work_dir, 'shapes_quick') if quick else 'data/shapes'
-    return ensure_dataset(data_root or default, quick)
+    parser.add_argument('--work-dir', default=work_dir)
+    parser.add_argument('--data-root', default=None,
+                        help=f'data set directory (default: data/{data_name}, or '
+                             f'<work-dir>/{data_name}_quick with --quick)')
+    parser.add_argument('--quick', action='store_true', help=quick_help)
 
 
 def data_options(data_root: str, workers: Optional[int] = None) -> List[str]:
@@ -285,15 +308,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument('--stock', action='store_true', help="mmdet's stock modules only")
     mode.add_argument('--compare', action='store_true', help='the plugin and stock, side by side')
-    parser.add_argument('--work-dir', default='work_dirs/demo')
-    parser.add_argument('--data-root', default=None,
-                        help='data set directory (default: data/shapes, or '
-                             '<work-dir>/shapes_quick with --quick)')
+    add_run_arguments(parser, 'work_dirs/demo', 'shapes',
+                      'a few iterations on a tiny data set (a smoke test)')
     parser.add_argument('--seed', type=int, default=None,
                         help="training seed (default: the config's, 0); both detectors of "
                              '--compare start from the same weights under one seed')
-    parser.add_argument('--quick', action='store_true',
-                        help='a few iterations on a tiny data set (a smoke test)')
     args = parser.parse_args(argv)
 
     start = time.perf_counter()

@@ -86,10 +86,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3])
     parser.add_argument('--detectors', nargs='+', choices=list(demo.CONFIGS),
                         default=list(demo.CONFIGS))
-    parser.add_argument('--work-dir', default='work_dirs/demo_seeds')
-    parser.add_argument('--data-root', default=None)
-    parser.add_argument('--quick', action='store_true',
-                        help='a few iterations per seed on a tiny data set (a smoke test)')
+    demo.add_run_arguments(parser, 'work_dirs/demo_seeds', 'shapes',
+                           'a few iterations per seed on a tiny data set (a smoke test)')
     args = parser.parse_args(argv)
 
     data_root = demo.prepare_data_root(args.data_root, args.work_dir, args.quick)

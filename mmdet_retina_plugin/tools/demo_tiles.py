@@ -33,7 +33,14 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from mmdet_retina_plugin.tools.configs import config_root
-from mmdet_retina_plugin.tools.demo import _load_cfg, ensure_generated, train
+from mmdet_retina_plugin.tools.demo import (
+    _load_cfg,
+    add_run_arguments,
+    default_data_root,
+    ensure_generated,
+    train,
+    write_summary,
+)
 
 CONFIG = config_root() / 'tiles' / 'retina-plugin_shapes-tiles.py'
 # 6 train images give ~480 windows of 256 px (~120 iterations of 4 per epoch); 4 val images hold
@@ -221,19 +228,14 @@ def _result(metrics: Dict[str, object], duplicates: Dict[str, float]) -> Dict[st
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--work-dir', default='work_dirs/demo_tiles')
-    parser.add_argument('--data-root', default=None,
-                        help='data set directory (default: data/shapes_large, or '
-                             '<work-dir>/shapes_large_quick with --quick)')
-    parser.add_argument('--quick', action='store_true',
-                        help='one epoch on one small image (a smoke test)')
+    add_run_arguments(parser, 'work_dirs/demo_tiles', 'shapes_large',
+                      'one epoch on one small image (a smoke test)')
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    default_root = (os.path.join(args.work_dir, 'shapes_large_quick') if args.quick
-                    else 'data/shapes_large')
-    data_root = ensure_generated(args.data_root or default_root,
-                                 QUICK_DATA if args.quick else LARGE_DATA)
+    data_root = ensure_generated(
+        default_data_root(args.data_root, args.work_dir, args.quick, 'shapes_large'),
+        QUICK_DATA if args.quick else LARGE_DATA)
     options = data_options(data_root, workers=0 if args.quick else None)
     options += QUICK_OPTIONS if args.quick else []
     checkpoint = train(CONFIG, os.path.join(args.work_dir, 'train'), options)
@@ -259,8 +261,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
                    else None,
                    total_s=round(time.perf_counter() - start, 1), cpu_count=os.cpu_count())
     print(format_summary(summary))
-    with open(os.path.join(args.work_dir, 'summary.json'), 'w') as f:
-        json.dump(summary, f, indent=1)
+    write_summary(args.work_dir, summary)
     return summary
 
 

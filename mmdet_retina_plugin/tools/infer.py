@@ -15,6 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
+from ..utils.errors import RetinaConfigError
+
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
@@ -26,9 +28,9 @@ def list_images(img_or_dir: str | Path) -> List[Path]:
     elif path.is_file():
         images = [path]
     else:
-        raise ValueError(f'img_or_dir must be an image or a folder of images, got {path}')
+        raise RetinaConfigError(f'img_or_dir must be an image or a folder of images, got {path}')
     if not images:
-        raise ValueError(f'img_or_dir has no images ({", ".join(IMAGE_SUFFIXES)}): {path}')
+        raise RetinaConfigError(f'img_or_dir has no images ({", ".join(IMAGE_SUFFIXES)}): {path}')
     return images
 
 
@@ -79,22 +81,22 @@ def run_inference(img_or_dir: str | Path, config: Optional[str | Path],
         (0-based class indices into ``classes``), plus ``classes``.
 
     Raises:
-        ValueError: a bad argument (named), or a tiling option without ``tile``.
+        RetinaConfigError: a bad argument (named), or a tiling option without ``tile``.
     """
     if not 0.0 <= score_thr <= 1.0:
-        raise ValueError(f'score_thr must be in [0, 1], got {score_thr}')
+        raise RetinaConfigError(f'score_thr must be in [0, 1], got {score_thr}')
     slice_options = dict(overlap=overlap, batch_size=tile_batch, merge=merge,
                          merge_iou_thr=merge_iou_thr)
     given = [k for k, v in slice_options.items() if v is not None] + \
         (['full_image'] if full_image else [])
     if tile is None and given:
-        raise ValueError(f'{", ".join(given)} need tile (--tile H W)')
+        raise RetinaConfigError(f'{", ".join(given)} need tile (--tile H W)')
     if tile_batch is not None and (isinstance(tile_batch, bool) or not isinstance(tile_batch, int)
                                    or tile_batch < 1):
-        raise ValueError(f'tile_batch must be an int >= 1, got {tile_batch!r}')
+        raise RetinaConfigError(f'tile_batch must be an int >= 1, got {tile_batch!r}')
     slice_options = {k: v for k, v in slice_options.items() if v is not None}
     if onnx is None and (config is None or checkpoint is None):
-        raise ValueError('config and checkpoint are required without onnx')
+        raise RetinaConfigError('config and checkpoint are required without onnx')
     import mmcv
     import torch
     from mmdet.visualization import DetLocalVisualizer

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import List, Sequence, Tuple, Union
 
+from .errors import RetinaConfigError
+
 Window = Tuple[int, int, int, int]
 TileSize = Union[int, Sequence[int]]
 
@@ -24,13 +26,13 @@ def check_tile(tile: TileSize, name: str = 'tile') -> Tuple[int, int]:
         Tuple[int, int]: ``(height, width)``.
 
     Raises:
-        ValueError: not one or two integers >= 1.
+        RetinaConfigError: not one or two integers >= 1.
     """
     sizes = (tile, tile) if isinstance(tile, int) else tuple(tile)
     if len(sizes) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
                                   for s in sizes):
-        raise ValueError(f'{name} must be an int >= 1 or (height, width) of ints >= 1, '
-                         f'got {tile!r}')
+        raise RetinaConfigError(f'{name} must be an int >= 1 or (height, width) of ints >= 1, '
+                                f'got {tile!r}')
     return sizes[0], sizes[1]
 
 
@@ -38,11 +40,11 @@ def check_overlap(overlap: float, name: str = 'overlap') -> float:
     """``overlap`` as a float in ``[0, 1)`` (the fraction of a tile shared with its neighbour).
 
     Raises:
-        ValueError: outside ``[0, 1)`` or not a number.
+        RetinaConfigError: outside ``[0, 1)`` or not a number.
     """
     if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) \
             or not 0.0 <= overlap < 1.0:
-        raise ValueError(f'{name} must be a number in [0, 1), got {overlap!r}')
+        raise RetinaConfigError(f'{name} must be a number in [0, 1), got {overlap!r}')
     return float(overlap)
 
 
@@ -71,11 +73,11 @@ def tile_windows(height: int, width: int, tile: TileSize = 800,
         exclusive) inside the image, ``min(tile, side)`` pixels on each side.
 
     Raises:
-        ValueError: a non-positive image size, or a bad ``tile`` / ``overlap``.
+        RetinaConfigError: a non-positive image size, or a bad ``tile`` / ``overlap``.
     """
     for name, size in (('height', height), ('width', width)):
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f'image {name} must be an int >= 1, got {size!r}')
+            raise RetinaConfigError(f'image {name} must be an int >= 1, got {size!r}')
     tile_h, tile_w = check_tile(tile)
     overlap = check_overlap(overlap)
     win_h, win_w = min(tile_h, height), min(tile_w, width)

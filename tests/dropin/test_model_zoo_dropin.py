@@ -10,7 +10,8 @@ all swapped against stock. Which families, by ``DROPIN_SCOPE``:
 - ``families``: every family;
 - ``all``: every config of every family (``make dropin`` runs that sweep with a report).
 
-See :mod:`zoo_sweep` for the criteria and ``docs/dropin.md`` for the numbers.
+See :mod:`mmdet_retina_plugin.tools.zoo_sweep` for the criteria and ``docs/dropin.md`` for the
+numbers.
 """
 import copy
 import os
@@ -18,7 +19,8 @@ import os.path as osp
 
 import pytest
 import torch
-from zoo_sweep import (
+
+from mmdet_retina_plugin.tools.zoo_sweep import (
     SWAPS,
     check_builds,
     compare_assigner,
@@ -131,7 +133,7 @@ def test_comparators_report_differences():
 def test_a_build_difference_fails_the_swap():
     """A swap whose state_dict differs from stock's is reported (stock FPN with another
     width stands in for a broken twin)."""
-    from zoo_sweep import build_model, setup_registries
+    from mmdet_retina_plugin.tools.zoo_sweep import build_model, setup_registries
     setup_registries()
     cfg = dict(type='FPN', in_channels=[8, 16], out_channels=8, num_outs=3)
     stock = state_signature(build_model(cfg))

@@ -8,6 +8,7 @@ import torch
 from mmengine.config import Config
 
 from mmdet_retina_plugin.tools import anchor_coverage as ac
+from mmdet_retina_plugin.tools import coverage_view as cv
 
 # Two levels, one square anchor per location, no centre offset:
 #   stride 32 -> 32x32 anchors centred at (32i, 32j); stride 64 -> 64x64 anchors at (64i, 64j).
@@ -70,7 +71,7 @@ def _write_config(tmp_path):
 
 
 def test_model_view_reads_config(tmp_path):
-    view = ac.model_view_from_config(Config.fromfile(str(_write_config(tmp_path))))
+    view = cv.model_view_from_config(Config.fromfile(str(_write_config(tmp_path))))
     assert view.scale == (128, 128) and view.keep_ratio
     assert view.pad_size_divisor == 32 and view.pos_iou_thr == 0.5
     assert view.anchor_generator['strides'] == [32, 64]
@@ -79,20 +80,20 @@ def test_model_view_reads_config(tmp_path):
 @pytest.mark.parametrize('size,scale', [((640, 427), (1333, 800)), ((500, 375), (1333, 800)),
                                         ((333, 1000), (640, 640)), ((64, 64), (128, 128))])
 def test_resized_shape_matches_mmcv(size, scale):
-    view = ac.ModelView(anchor_generator=ANCHORS, scale=scale, keep_ratio=True)
+    view = cv.ModelView(anchor_generator=ANCHORS, scale=scale, keep_ratio=True)
     assert view.resized_shape(*size) == mmcv.rescale_size(size, scale)
 
 
 def test_invalid_view_raises():
     with pytest.raises(ValueError, match='pos_iou_thr'):
-        ac.ModelView(anchor_generator=ANCHORS, pos_iou_thr=0.0)
+        cv.ModelView(anchor_generator=ANCHORS, pos_iou_thr=0.0)
     with pytest.raises(ValueError, match='pad_size_divisor'):
-        ac.ModelView(anchor_generator=ANCHORS, pad_size_divisor=0)
+        cv.ModelView(anchor_generator=ANCHORS, pad_size_divisor=0)
 
 
 def test_hand_computed_coverage(tmp_path):
-    view = ac.model_view_from_config(Config.fromfile(str(_write_config(tmp_path))))
-    gts = ac.load_gts(_write_ann(tmp_path), view)
+    view = cv.model_view_from_config(Config.fromfile(str(_write_config(tmp_path))))
+    gts = cv.load_gts(_write_ann(tmp_path), view)
     assert gts.shapes() == [(128, 128)]
     boxes = gts.all_boxes()
     assert boxes.tolist() == [[16, 16, 48, 48], [16, 0, 48, 32], [0, 0, 32, 32], [32, 32, 96, 96]]
@@ -133,7 +134,7 @@ def test_best_iou_equals_brute_force_over_all_anchors(anchor_generator):
     xy = torch.rand(300, 2, generator=g) * torch.tensor([224.0, 160.0])
     wh = torch.exp(torch.rand(300, 2, generator=g) * 5.0) + 1.0  # 2 .. 150 px, any aspect
     boxes = torch.cat([xy, xy + wh], dim=1)
-    gts = ac.GtSet(boxes={(160, 224): boxes}, areas={(160, 224): torch.ones(300)})
+    gts = cv.GtSet(boxes={(160, 224): boxes}, areas={(160, 224): torch.ones(300)})
     best_iou, best_level = ac.best_anchor_iou(gts, anchor_generator)
     generator = ac.build_anchor_generator(anchor_generator)
     sizes = [(math.ceil(160 / s), math.ceil(224 / s)) for s, _ in generator.strides]
@@ -152,8 +153,8 @@ def test_padding_places_extra_anchors(tmp_path):
     #   [48,48,80,80], which contains the box: 256/1024                           -> best IoU 1/4.
     ann = _one_box_ann(tmp_path / 'border.json', [48, 48, 16, 16])
     for divisor, expected in ((32, 0.0), (128, 1 / 4)):
-        view = ac.ModelView(anchor_generator=ANCHORS, pad_size_divisor=divisor)
-        best_iou, _ = ac.best_anchor_iou(ac.load_gts(ann, view), ANCHORS)
+        view = cv.ModelView(anchor_generator=ANCHORS, pad_size_divisor=divisor)
+        best_iou, _ = ac.best_anchor_iou(cv.load_gts(ann, view), ANCHORS)
         assert best_iou.item() == pytest.approx(expected, abs=1e-6)
 
 
@@ -164,8 +165,8 @@ def test_search_finds_the_missing_ratio(tmp_path):
     # anchor [20.7,9.4,43.3,54.6]: inter 16 * 45.25 = 724.1, union 2048 - 724.1 -> IoU 0.547,
     # so the 3 ratios (0.5, 1, 2) already reach coverage 1: the cheapest such setting (A = 3).
     ann = _one_box_ann(tmp_path / 'tall.json', [24, 0, 16, 64])
-    view = ac.ModelView(anchor_generator=ANCHORS, pad_size_divisor=32)
-    gts = ac.load_gts(ann, view)
+    view = cv.ModelView(anchor_generator=ANCHORS, pad_size_divisor=32)
+    gts = cv.load_gts(ann, view)
     assert ac.coverage_of(gts, ANCHORS, 0.5) == 0.0
     suggestions = ac.search_anchor_settings(gts, view, top=3)
     assert suggestions[0]['coverage'] == 1.0

@@ -9,14 +9,8 @@ default_hooks = dict(checkpoint=dict(type='RetinaAtomicCheckpointHook'))
 custom_hooks = [dict(type='RetinaNonFiniteGuardHook', action='skip')]
 
 # mmdet's pipeline with RetinaSanitizeGt after LoadAnnotations (see coco-ss_1x.py).
-train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=None),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='RetinaSanitizeGt', min_size=1.0),
-    dict(type='RandomResize', scale=[(1333, 640), (1333, 800)], keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
+train_pipeline = [*_base_.train_pipeline[:2], dict(type='RetinaSanitizeGt', min_size=1.0),
+                  *_base_.train_pipeline[2:]]
 train_dataloader = dict(
     dataset=dict(dataset=dict(type='RetinaCocoDataset', pipeline=train_pipeline)))
 

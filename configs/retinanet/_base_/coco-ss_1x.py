@@ -13,16 +13,11 @@ _base_ = [
 default_hooks = dict(checkpoint=dict(type='RetinaAtomicCheckpointHook'))
 custom_hooks = [dict(type='RetinaNonFiniteGuardHook', action='skip')]
 
-# mmdet's training pipeline with RetinaSanitizeGt after LoadAnnotations: degenerate boxes are
-# dropped with a warning naming the image, NaN/Inf boxes or pixels raise naming it.
-train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=None),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='RetinaSanitizeGt', min_size=1.0),
-    dict(type='Resize', scale=(1333, 800), keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
+# mmdet's training pipeline (its coco_detection.py's) with RetinaSanitizeGt after
+# LoadAnnotations: degenerate boxes are dropped with a warning naming the image, NaN/Inf boxes
+# or pixels raise naming it.
+train_pipeline = [*_base_.train_pipeline[:2], dict(type='RetinaSanitizeGt', min_size=1.0),
+                  *_base_.train_pipeline[2:]]
 train_dataloader = dict(dataset=dict(type='RetinaCocoDataset', pipeline=train_pipeline))
 
 optim_wrapper = dict(optimizer=dict(lr=0.01))

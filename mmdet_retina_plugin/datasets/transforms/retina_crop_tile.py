@@ -5,6 +5,8 @@ import numpy as np
 from mmcv.transforms import BaseTransform
 from mmdet.registry import TRANSFORMS
 
+from ...utils.errors import RetinaConfigError
+
 
 @TRANSFORMS.register_module()
 class RetinaCropTile(BaseTransform):
@@ -21,14 +23,14 @@ class RetinaCropTile(BaseTransform):
     ``img_shape``, ``ori_shape``.
 
     Raises:
-        ValueError: no ``tile_window`` (not a ``RetinaTiledDataset`` sample), or the decoded
-            image's size differs from its annotation's (naming the file).
+        RetinaConfigError: no ``tile_window`` (not a ``RetinaTiledDataset`` sample).
+        ValueError: the decoded image's size differs from its annotation's (naming the file).
     """
 
     def transform(self, results: dict) -> dict:
         if 'tile_window' not in results:
-            raise ValueError('RetinaCropTile needs samples of RetinaTiledDataset '
-                             f'(no tile_window in the info of {results.get("img_path")!r})')
+            raise RetinaConfigError('RetinaCropTile needs samples of RetinaTiledDataset '
+                                    f'(no tile_window in the info of {results.get("img_path")!r})')
         img = results['img']
         if tuple(img.shape[:2]) != tuple(results['tile_image_size']):
             raise ValueError(f'image {results["img_path"]!r} decodes to {img.shape[:2]} (H, W) '

@@ -8,6 +8,8 @@ from mmdet.registry import TRANSFORMS
 from mmdet.structures.bbox import BaseBoxes
 from mmengine.logging import print_log
 
+from ...utils.errors import RetinaConfigError
+
 # Per-instance annotation keys that must stay aligned with ``gt_bboxes``.
 _INSTANCE_KEYS = ('gt_bboxes_labels', 'gt_ignore_flags', 'gt_masks')
 
@@ -50,7 +52,7 @@ class RetinaSanitizeGt(BaseTransform):
     def __init__(self, min_size: float = 1.0, clip: bool = True, check_image: bool = True) -> None:
         if not isinstance(min_size, (int, float)) or isinstance(min_size, bool) or not (
                 np.isfinite(min_size) and min_size >= 0):
-            raise ValueError(f'min_size must be a finite number >= 0, got {min_size!r}')
+            raise RetinaConfigError(f'min_size must be a finite number >= 0, got {min_size!r}')
         self.min_size = float(min_size)
         self.clip = clip
         self.check_image = check_image

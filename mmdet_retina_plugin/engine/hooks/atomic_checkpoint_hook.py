@@ -7,6 +7,7 @@ from mmdet.registry import HOOKS
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 
+from ...utils.errors import RetinaConfigError
 from ..atomic_io import atomic_write, remove_stale_temp_files
 
 ATOMIC_BACKEND_ARGS = dict(backend='retina_atomic_local')
@@ -53,14 +54,15 @@ class RetinaAtomicCheckpointHook(CheckpointHook):
                  **kwargs: Any) -> None:
         if not isinstance(interval, int) or isinstance(interval, bool) or (
                 interval < 1 and interval != -1):
-            raise ValueError(f'interval must be an int >= 1 or -1 (disabled), got {interval!r}')
+            raise RetinaConfigError(
+                f'interval must be an int >= 1 or -1 (disabled), got {interval!r}')
         if not isinstance(max_keep_ckpts, int) or isinstance(max_keep_ckpts, bool) or (
                 max_keep_ckpts < 1 and max_keep_ckpts != -1):
-            raise ValueError(
+            raise RetinaConfigError(
                 f'max_keep_ckpts must be an int >= 1 or -1 (keep all), got {max_keep_ckpts!r}')
         if kwargs.get('file_client_args') is not None:
-            raise ValueError('file_client_args is not supported (deprecated in mmengine); '
-                             'pass backend_args instead')
+            raise RetinaConfigError('file_client_args is not supported (deprecated in mmengine); '
+                                    'pass backend_args instead')
         if backend_args is None and '://' not in str(out_dir or ''):
             backend_args = dict(ATOMIC_BACKEND_ARGS)
         super().__init__(interval=interval, by_epoch=by_epoch, max_keep_ckpts=max_keep_ckpts,

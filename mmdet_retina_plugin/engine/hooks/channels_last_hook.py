@@ -1,8 +1,8 @@
 """Puts the model's weights in channels-last (NHWC) memory layout before training and testing.
 
 cuDNN's fast convolution kernels (tensor cores, fp16/bf16) work in NHWC; given NCHW weights and
-activations it converts the layout before and after every convolution (on an H200, 20 % of a
-RetinaNet R50 training step's GPU time in bf16). With NHWC weights and an NHWC input batch
+activations it converts the layout before and after every convolution (its share of a training
+step's GPU time: ``docs/benchmarks.md``, H200). With NHWC weights and an NHWC input batch
 (``RetinaDataPreprocessor(train_channels_last=True)``) every convolution, norm, activation and
 addition of the network keeps NHWC and no conversion is left. Only the layout changes: shapes,
 indexing, state-dict names and values are the same, and checkpoints load into either layout.

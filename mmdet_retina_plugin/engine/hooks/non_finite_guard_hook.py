@@ -9,6 +9,8 @@ from mmengine.hooks import Hook
 from mmengine.optim import OptimWrapper, OptimWrapperDict
 from torch import Tensor
 
+from ...utils.errors import RetinaConfigError
+
 _ACTIONS = ('skip', 'raise')
 
 
@@ -104,10 +106,10 @@ class RetinaNonFiniteGuardHook(Hook):
     def __init__(self, action: str = 'skip', max_consecutive_skips: int = 20,
                  check_grads: bool = True, check_checkpoint: bool = True) -> None:
         if action not in _ACTIONS:
-            raise ValueError(f'action must be one of {_ACTIONS}, got {action!r}')
+            raise RetinaConfigError(f'action must be one of {_ACTIONS}, got {action!r}')
         if (not isinstance(max_consecutive_skips, int) or isinstance(max_consecutive_skips, bool)
                 or max_consecutive_skips < 1):
-            raise ValueError(
+            raise RetinaConfigError(
                 f'max_consecutive_skips must be an int >= 1, got {max_consecutive_skips!r}')
         self.action = action
         self.max_consecutive_skips = max_consecutive_skips

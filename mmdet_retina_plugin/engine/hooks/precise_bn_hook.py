@@ -16,6 +16,8 @@ from mmengine.model import is_model_wrapper
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
+from ...utils.errors import RetinaConfigError
+
 DataBatch = Dict[str, Any]
 
 
@@ -44,10 +46,10 @@ def update_bn_stats(model: nn.Module, batches: Iterable[DataBatch], num_iters: i
         int: number of BatchNorm layers updated (0: the model has none in training mode).
 
     Raises:
-        ValueError: if ``num_iters`` < 1 or ``batches`` runs out first.
+        RetinaConfigError: if ``num_iters`` < 1 or ``batches`` runs out first.
     """
     if num_iters < 1:
-        raise ValueError(f'num_iters must be >= 1, got {num_iters}')
+        raise RetinaConfigError(f'num_iters must be >= 1, got {num_iters}')
     was_training = model.training
     model.train()
     # Layers a module keeps in eval mode on train() (mmdet's norm_eval=True, frozen stages) are
@@ -74,7 +76,8 @@ def update_bn_stats(model: nn.Module, batches: Iterable[DataBatch], num_iters: i
                 mean += (bn.running_mean - mean) / done
                 var += (bn.running_var - var) / done
         if done < num_iters:
-            raise ValueError(f'batches yielded {done} batches, fewer than num_iters={num_iters}')
+            raise RetinaConfigError(
+                f'batches yielded {done} batches, fewer than num_iters={num_iters}')
     finally:
         # Everything as it was (a failed pass included); the averages are copied in below.
         for bn, (momentum, tracked, mean, var) in zip(layers, saved):
@@ -112,15 +115,17 @@ def sample_batches(loader: DataLoader, seed: int, rank: int = 0,
         DataBatch: collated batches of ``loader.batch_size`` samples (fewer at a pass's end).
 
     Raises:
-        ValueError: if ``world_size`` < 1, ``rank`` is outside ``[0, world_size)`` or the
-            data set has fewer samples than ranks (a rank would wait for batches forever).
+        RetinaConfigError: if ``world_size`` < 1, ``rank`` is outside ``[0, world_size)`` or
+            the data set has fewer samples than ranks (a rank would wait for batches forever).
     """
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f'rank must be in [0, world_size) with world_size >= 1, got rank={rank}, '
-                         f'world_size={world_size}')
+        raise RetinaConfigError(
+            f'rank must be in [0, world_size) with world_size >= 1, got rank={rank}, '
+            f'world_size={world_size}')
     if len(loader.dataset) < world_size:
-        raise ValueError(f'the training set must hold at least world_size={world_size} samples, '
-                         f'got {len(loader.dataset)}')
+        raise RetinaConfigError(
+            f'the training set must hold at least world_size={world_size} samples, '
+            f'got {len(loader.dataset)}')
     generator = torch.Generator().manual_seed(seed)
     while True:
         # RandomSampler's draw, so that one process averages the batches it always did.
@@ -179,9 +184,9 @@ class RetinaPreciseBNHook(Hook):
     def __init__(self, num_iters: int = 200, interval: int = 1, by_epoch: bool = True,
                  seed: int = 0) -> None:
         if not isinstance(num_iters, int) or num_iters < 1:
-            raise ValueError(f'num_iters must be an int >= 1, got {num_iters!r}')
+            raise RetinaConfigError(f'num_iters must be an int >= 1, got {num_iters!r}')
         if not isinstance(interval, int) or interval < 1:
-            raise ValueError(f'interval must be an int >= 1, got {interval!r}')
+            raise RetinaConfigError(f'interval must be an int >= 1, got {interval!r}')
         self.num_iters = num_iters
         self.interval = interval
         self.by_epoch = by_epoch

@@ -3,10 +3,9 @@
 On CPU, oneDNN's convolutions read and write NHWC natively; given NCHW tensors, every
 convolution reorders its input and output. A channels-last input batch makes the whole network
 (convolutions, batch norm, ReLU, pooling and additions keep the format) run without those
-reorders: measured on 2 cores, R50 RetinaNet end to end at 800x1216 takes 5 % less time
-(8.78 s -> 8.34 s, alternating runs of the same weights). Only the memory layout changes: the
-tensors, their shapes and indexing are the same, the values equal to float32 rounding
-(oneDNN's NHWC kernels sum in another order).
+reorders (what that saves end to end: ``docs/benchmarks.md``, Inference). Only the memory
+layout changes: the tensors, their shapes and indexing are the same, the values equal to
+float32 rounding (oneDNN's NHWC kernels sum in another order).
 
 Training batches stay NCHW by default: training numerics stay bit-identical to mmdet's. On a
 GPU, channels-last training batches (``train_channels_last=True``) with channels-last weights
@@ -20,6 +19,8 @@ from typing import Any
 import torch
 from mmdet.models.data_preprocessors import DetDataPreprocessor
 from mmdet.registry import MODELS
+
+from ...utils.errors import RetinaConfigError
 
 
 @MODELS.register_module()
@@ -42,7 +43,7 @@ class RetinaDataPreprocessor(DetDataPreprocessor):
         for name, value in (('test_channels_last', test_channels_last),
                             ('train_channels_last', train_channels_last)):
             if not isinstance(value, bool):
-                raise ValueError(f'{name} must be True or False, got {value!r}')
+                raise RetinaConfigError(f'{name} must be True or False, got {value!r}')
         super().__init__(**kwargs)
         self.test_channels_last = test_channels_last
         self.train_channels_last = train_channels_last

@@ -28,6 +28,7 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 from ...apis.sliced_core import SliceConfig, fit_size, forward_tiles, model_nms_iou, sliced_predict
+from ...utils.errors import RetinaConfigError
 
 
 def _tile_samples(crops: Sequence[Tensor], scale_factor: Tuple[float, float] = (1.0, 1.0)
@@ -51,7 +52,7 @@ class RetinaSlicedDetector(SingleStageDetector):
             ``full_image_scale``, ``max_per_img``, ``progress``); None: the defaults.
 
     Raises:
-        ValueError: an unknown ``slice_cfg`` key or a value out of range.
+        RetinaConfigError: an unknown ``slice_cfg`` key or a value out of range.
     """
 
     def __init__(self, backbone: Dict, neck: Optional[Dict] = None,
@@ -65,8 +66,8 @@ class RetinaSlicedDetector(SingleStageDetector):
         options = dict(slice_cfg or {})
         unknown = set(options) - set(SliceConfig.__dataclass_fields__)
         if unknown:
-            raise ValueError(f'slice_cfg has unknown keys {sorted(unknown)}; allowed: '
-                             f'{sorted(SliceConfig.__dataclass_fields__)}')
+            raise RetinaConfigError(f'slice_cfg has unknown keys {sorted(unknown)}; allowed: '
+                                    f'{sorted(SliceConfig.__dataclass_fields__)}')
         self.slice_cfg = SliceConfig(**options)
 
     def _slice_one(self, image: Tensor, sample: DetDataSample, preprocessed: bool

@@ -24,6 +24,8 @@ import torch
 from mmdet.registry import MODELS
 from torch import Tensor, nn
 
+from ...utils.errors import RetinaConfigError
+
 
 def _is_compiling() -> bool:
     is_compiling = getattr(getattr(torch, 'compiler', None), 'is_compiling', None)
@@ -57,16 +59,16 @@ class RetinaFrozenBN(nn.Module):
                  affine: bool = True, track_running_stats: bool = True) -> None:
         if not isinstance(num_features, int) or isinstance(num_features, bool) \
                 or num_features < 1:
-            raise ValueError(f'num_features must be an int >= 1, got {num_features!r}')
+            raise RetinaConfigError(f'num_features must be an int >= 1, got {num_features!r}')
         if not eps > 0:
-            raise ValueError(f'eps must be > 0, got {eps!r}')
+            raise RetinaConfigError(f'eps must be > 0, got {eps!r}')
         if momentum is not None and not 0.0 <= momentum <= 1.0:
-            raise ValueError(f'momentum must be None or in [0, 1], got {momentum!r}')
+            raise RetinaConfigError(f'momentum must be None or in [0, 1], got {momentum!r}')
         if not isinstance(affine, bool):
-            raise ValueError(f'affine must be True or False, got {affine!r}')
+            raise RetinaConfigError(f'affine must be True or False, got {affine!r}')
         if track_running_stats is not True:
-            raise ValueError('track_running_stats must be True (a frozen norm uses stored '
-                             f'statistics), got {track_running_stats!r}')
+            raise RetinaConfigError('track_running_stats must be True (a frozen norm uses stored '
+                                    f'statistics), got {track_running_stats!r}')
         super().__init__()
         self.num_features = num_features
         self.eps = float(eps)
@@ -112,8 +114,8 @@ class RetinaFrozenBN(nn.Module):
             Tensor: the shape, dtype and memory layout of ``x``.
         """
         if x.dim() < 2 or x.shape[1] != self.num_features:
-            raise ValueError(f'expected input (N, {self.num_features}, ...), got '
-                             f'{tuple(x.shape)}')
+            raise RetinaConfigError(f'expected input (N, {self.num_features}, ...), got '
+                                    f'{tuple(x.shape)}')
         scale, shift = self._affine_in(x.dtype)
         view = (1, -1) + (1,) * (x.dim() - 2)
         return torch.addcmul(shift.view(view), x, scale.view(view))

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from mmdet.registry import MODELS
 from torch import Tensor
 
+from ...utils.errors import RetinaConfigError
+
 _REDUCTIONS = ('none', 'mean', 'sum')
 
 
@@ -44,17 +46,17 @@ class RetinaHardNegativeCELoss(nn.Module):
                  loss_weight: float = 1.0) -> None:
         super().__init__()
         if use_sigmoid is not True:
-            raise ValueError(f'use_sigmoid must be True (only sigmoid classification is '
-                             f'supported), got {use_sigmoid!r}')
+            raise RetinaConfigError(f'use_sigmoid must be True (only sigmoid classification is '
+                                    f'supported), got {use_sigmoid!r}')
         if not neg_pos_ratio > 0:
-            raise ValueError(f'neg_pos_ratio must be > 0, got {neg_pos_ratio!r}')
+            raise RetinaConfigError(f'neg_pos_ratio must be > 0, got {neg_pos_ratio!r}')
         if isinstance(min_negatives, bool) or not isinstance(min_negatives, int) \
                 or min_negatives < 0:
-            raise ValueError(f'min_negatives must be an int >= 0, got {min_negatives!r}')
+            raise RetinaConfigError(f'min_negatives must be an int >= 0, got {min_negatives!r}')
         if reduction not in _REDUCTIONS:
-            raise ValueError(f'reduction must be one of {_REDUCTIONS}, got {reduction!r}')
+            raise RetinaConfigError(f'reduction must be one of {_REDUCTIONS}, got {reduction!r}')
         if not loss_weight >= 0:
-            raise ValueError(f'loss_weight must be >= 0, got {loss_weight!r}')
+            raise RetinaConfigError(f'loss_weight must be >= 0, got {loss_weight!r}')
         self.use_sigmoid = use_sigmoid
         self.neg_pos_ratio = float(neg_pos_ratio)
         self.min_negatives = min_negatives
@@ -104,13 +106,14 @@ class RetinaHardNegativeCELoss(nn.Module):
         """
         reduction = reduction_override or self.reduction
         if reduction not in _REDUCTIONS:
-            raise ValueError(f'reduction_override must be one of {_REDUCTIONS}, '
-                             f'got {reduction!r}')
+            raise RetinaConfigError(f'reduction_override must be one of {_REDUCTIONS}, '
+                                    f'got {reduction!r}')
         if reduction == 'sum' and avg_factor is not None:
-            raise ValueError('avg_factor can not be used with reduction="sum"')
+            raise RetinaConfigError('avg_factor can not be used with reduction="sum"')
         if pred.dim() != 2 or target.shape != pred.shape[:1]:
-            raise ValueError(f'expected pred (N, K) and target (N,), got {tuple(pred.shape)} '
-                             f'and {tuple(target.shape)}')
+            raise RetinaConfigError(
+                f'expected pred (N, K) and target (N,), got {tuple(pred.shape)} '
+                f'and {tuple(target.shape)}')
         num_classes = pred.size(1)
         # one_hot over K+1 then dropping the background column maps label K to all-zero targets.
         onehot = F.one_hot(target, num_classes + 1)[:, :num_classes].to(pred.dtype)

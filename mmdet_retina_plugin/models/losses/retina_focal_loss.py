@@ -26,6 +26,7 @@ from mmengine.model import BaseModule
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ...utils.errors import RetinaConfigError
 from .focal_backends import FocalBackends, is_compiling
 from .focal_eager import AVG_EPS, dense_pass, eager_loss, segment_sums
 from .focal_reference import compute_dtype, focal_loss_with_prob
@@ -87,10 +88,10 @@ class RetinaFocalLoss(BaseModule):
         activated (bool): ``pred`` holds probabilities instead of logits (mmdet's
             ``py_focal_loss_with_prob``: eager autograd, no fast path).
         compile_min_numel (int | None): logits with at least this many elements use a
-            ``torch.compile`` kernel (compiled once: ~20 s, ~6 s from the inductor disk cache;
-            then 8-25x faster than eager, measured);
-            ``None`` disables compiling. Defaults to ``2**22`` (a full-size RetinaNet batch is
-            ``~2**25``), so small inputs such as unit tests never pay the compile time.
+            ``torch.compile`` kernel (compiled once per process; compile time and speed in
+            ``docs/benchmarks.md``); ``None`` disables compiling. Defaults to ``2**22`` (a
+            full-size RetinaNet batch is ``~2**25``), so small inputs such as unit tests never
+            pay the compile time.
         init_cfg (dict | None): see :class:`mmengine.model.BaseModule`.
     """
 
@@ -101,20 +102,20 @@ class RetinaFocalLoss(BaseModule):
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         if use_sigmoid is not True:
-            raise ValueError(f'use_sigmoid must be True (only the sigmoid focal loss is '
-                             f'supported), got {use_sigmoid!r}')
+            raise RetinaConfigError(f'use_sigmoid must be True (only the sigmoid focal loss is '
+                                    f'supported), got {use_sigmoid!r}')
         if not gamma >= 0:
-            raise ValueError(f'gamma must be >= 0, got {gamma!r}')
+            raise RetinaConfigError(f'gamma must be >= 0, got {gamma!r}')
         if alpha is not None and not 0 <= alpha <= 1:
-            raise ValueError(f'alpha must be in [0, 1] or None, got {alpha!r}')
+            raise RetinaConfigError(f'alpha must be in [0, 1] or None, got {alpha!r}')
         _check_reduction('reduction', reduction)
         if not loss_weight >= 0:
-            raise ValueError(f'loss_weight must be >= 0, got {loss_weight!r}')
+            raise RetinaConfigError(f'loss_weight must be >= 0, got {loss_weight!r}')
         if not isinstance(activated, bool):
-            raise ValueError(f'activated must be True or False, got {activated!r}')
+            raise RetinaConfigError(f'activated must be True or False, got {activated!r}')
         if compile_min_numel is not None and compile_min_numel < 0:
-            raise ValueError(f'compile_min_numel must be >= 0 or None, got '
-                             f'{compile_min_numel!r}')
+            raise RetinaConfigError(f'compile_min_numel must be >= 0 or None, got '
+                                    f'{compile_min_numel!r}')
         self.use_sigmoid = use_sigmoid
         self.gamma = float(gamma)
         self.alpha = None if alpha is None else float(alpha)
@@ -160,7 +161,7 @@ class RetinaFocalLoss(BaseModule):
         if reduction_override is not None:
             reduction = _check_reduction('reduction_override', reduction_override)
         if reduction == 'sum' and avg_factor is not None:
-            raise ValueError('avg_factor can not be used with reduction="sum"')
+            raise RetinaConfigError('avg_factor can not be used with reduction="sum"')
         rows, target = _as_rows(pred, target)
         segments = _check_segments(segments, rows, reduction)
         if weight is not None:
@@ -210,22 +211,23 @@ class RetinaFocalLoss(BaseModule):
 
 def _check_segments(segments: Optional[Sequence[int]], rows: Tensor,
                     reduction: str) -> Optional[Tuple[int, ...]]:
-    """``segments`` as a tuple of ints >= 0 that split ``rows``' images, or ValueError."""
+    """``segments`` as a tuple of ints >= 0 that split ``rows``' images, or RetinaConfigError."""
     if segments is None:
         return None
     segments = tuple(int(s) for s in segments)
     if reduction == 'none':
-        raise ValueError("segments needs reduction 'mean' or 'sum', got 'none'")
+        raise RetinaConfigError("segments needs reduction 'mean' or 'sum', got 'none'")
     period = sum(segments)
     if not segments or min(segments) < 0 or period == 0 or rows.shape[0] % period:
-        raise ValueError(f'segments must be sizes >= 0 whose sum divides the {rows.shape[0]} '
-                         f'rows of pred, got {segments}')
+        raise RetinaConfigError(
+            f'segments must be sizes >= 0 whose sum divides the {rows.shape[0]} '
+            f'rows of pred, got {segments}')
     return segments
 
 
 def _check_reduction(name: str, value: str) -> str:
     if value not in _REDUCTIONS:
-        raise ValueError(f'{name} must be one of {_REDUCTIONS}, got {value!r}')
+        raise RetinaConfigError(f'{name} must be one of {_REDUCTIONS}, got {value!r}')
     return value
 
 
@@ -237,18 +239,18 @@ def _as_rows(pred: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
     """
     if target.dim() == pred.dim():
         if target.shape != pred.shape:
-            raise ValueError(f'float target must have pred\'s shape {tuple(pred.shape)}, '
-                             f'got {tuple(target.shape)}')
+            raise RetinaConfigError(f'float target must have pred\'s shape {tuple(pred.shape)}, '
+                                    f'got {tuple(target.shape)}')
         if pred.dim() == 2:
             return pred, target
         return pred.reshape(-1, 1), target.reshape(-1, 1)
     if pred.dim() != 2:
-        raise ValueError(f'pred must be (N, K) logits for class-index targets, got shape '
-                         f'{tuple(pred.shape)}')
+        raise RetinaConfigError(f'pred must be (N, K) logits for class-index targets, got shape '
+                                f'{tuple(pred.shape)}')
     n = pred.shape[0]
     if target.shape != (n,) or target.is_floating_point():
-        raise ValueError(f'class-index target must be an integer (N,) = ({n},) tensor, got '
-                         f'{target.dtype} {tuple(target.shape)}')
+        raise RetinaConfigError(f'class-index target must be an integer (N,) = ({n},) tensor, got '
+                                f'{target.dtype} {tuple(target.shape)}')
     return pred, target
 
 
@@ -265,7 +267,7 @@ def _weight_as_rows(weight: Tensor, shape: torch.Size, rows: torch.Size) -> Tens
             return weight.reshape(n, 1)
         if weight.shape[0] != n and weight.numel() == n * k:
             return weight.reshape(n, k)
-    raise ValueError(f'weight must have the loss\'s shape {tuple(shape)}'
-                     + (f', or be (N,) or (N * K,) with N={shape[0]}, K={shape[1]}'
-                        if len(shape) == 2 else '')
-                     + f'; got {tuple(weight.shape)}')
+    raise RetinaConfigError(f'weight must have the loss\'s shape {tuple(shape)}'
+                            + (f', or be (N,) or (N * K,) with N={shape[0]}, K={shape[1]}'
+                               if len(shape) == 2 else '')
+                            + f'; got {tuple(weight.shape)}')

@@ -12,6 +12,8 @@ import torch
 from mmdet.models.task_modules.prior_generators import AnchorGenerator
 from torch import Tensor
 
+from ....utils.errors import RetinaConfigError
+
 T = TypeVar('T')
 SizeList = Sequence[Tuple[int, int]]
 
@@ -31,7 +33,7 @@ class AnchorCache:
 
     def __init__(self, prior_generator: AnchorGenerator, max_entries: int = 8) -> None:
         if max_entries < 1:
-            raise ValueError(f'max_entries must be >= 1, got {max_entries}')
+            raise RetinaConfigError(f'max_entries must be >= 1, got {max_entries}')
         self.prior_generator = prior_generator
         self.max_entries = max_entries
         self._anchors: OrderedDict = OrderedDict()
