@@ -12,7 +12,7 @@ from mmdet.registry import MODELS
 
 import mmdet_retina_plugin  # noqa: F401  (registers RetinaFPN)
 from mmdet_retina_plugin.models.necks import RetinaFPN
-from mmdet_retina_plugin.models.necks.retina_fpn import EXTRA_CONV_SOURCES
+from mmdet_retina_plugin.models.necks.retina_fpn_args import EXTRA_CONV_SOURCES
 
 IN_CHANNELS = [8, 16, 32, 64]  # C2-C5 of a scaled-down ResNet
 GN = dict(type='GN', num_groups=4)
