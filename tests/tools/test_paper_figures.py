@@ -36,7 +36,7 @@ def test_prior_table_matches_closed_form():
         assert table['loss_prior_0.01'][i] == pytest.approx(low, rel=1e-6)
         assert table['loss_prior_0.5'][i] == pytest.approx(high, rel=1e-6)
         assert table['ratio'][i] == pytest.approx(high / low, rel=1e-6)
-    # the exact values quoted in the issue, to 3 decimals
+    # the values of the README's prior table, to 3 decimals
     assert [round(x, 3) for x in table['loss_prior_0.01']] == [4.706, 5.61, 14.656, 105.109]
     assert [round(x, 3) for x in table['loss_prior_0.5']] == [7.625, 70.008, 693.84, 6932.165]
 
