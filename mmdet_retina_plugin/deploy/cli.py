@@ -13,7 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--no-postprocess', action='store_true',
                         help='raw per-level class logits and box deltas, plus the anchors')
     parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'), default=None,
-                        help='example / fixed input size (default: the test resize, padded)')
+                        help='example / fixed input size, multiples of the pad divisor '
+                             '(default: the test resize, padded; with --dynamic and a test '
+                             'pipeline of no fixed size, about 640 x 640)')
     parser.add_argument('--dynamic', action='store_true',
                         help='free batch size, height and width (multiples of the pad divisor)')
     parser.add_argument('--batch-size', type=int, default=1,

@@ -2,11 +2,12 @@
 
 The graph holds the data preprocessor's channel flip and normalisation, the backbone, neck and
 head, and (unless ``postprocess=False``) the head's ``test_cfg`` post-processing: anchors for the
-input's size, sigmoid, per-level top-k (``nms_pre``), box decoding, clipping to each image,
-``score_thr`` / ``min_bbox_size``, class-wise NMS (ONNX ``NonMaxSuppression``) and
+input's size, then the head's own candidate selection (per-level top-k of ``nms_pre``, sigmoid,
+box decoding, clipping to each image, ``score_thr`` / ``min_bbox_size``:
+``retina_post_processing.select_candidates``), class-wise NMS (ONNX ``NonMaxSuppression``) and
 ``max_per_img``. The test pipeline's resize and pad, the class names and the output conventions
-are stored in the file's metadata (:data:`METADATA_KEY`), so the file alone is enough to run it
-(:class:`~mmdet_retina_plugin.deploy.OnnxRetinaNet`).
+are stored in the file's metadata (:data:`~.metadata.METADATA_KEY`), so the file alone is enough
+to run it (:class:`~mmdet_retina_plugin.deploy.OnnxRetinaNet`).
 
 Uses ``torch.onnx.export``'s TorchScript exporter by default (``dynamo=True``: its dynamo
 exporter, the same graph); NMS is a torch custom op translated to ONNX's ``NonMaxSuppression``
@@ -15,7 +16,7 @@ exporter, the same graph); NMS is a torch custom op translated to ONNX's ``NonMa
 from __future__ import annotations
 
 import copy
-import json
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -25,56 +26,61 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..models.dense_heads import RetinaNetHead
-from ..models.dense_heads import retina_post_processing as post
+from ..models.dense_heads.retina_post_processing import select_candidates
+from ..models.dense_heads.retina_post_settings import PostProcessSettings
+from ..models.layers.batched_nms import SUPPORTED_KEYS, class_offset_boxes
+from ..utils.errors import RetinaConfigError
 from . import graph_ops
+from .metadata import write_metadata
 from .pipeline import pipeline_meta
 from .winograd import winograd_convs
 
-METADATA_KEY = 'mmdet_retina_plugin'
-# Keys of the head's ``test_cfg.nms`` the graph implements (mmcv's plain ``nms``).
-_NMS_KEYS = frozenset({'type', 'iou_threshold', 'class_agnostic', 'split_thr'})
+# Side of the example input of a dynamic export when the test pipeline fixes no size: any
+# multiple of the pad divisor traces the same graph; this one is near mmdet's test sizes.
+_DYNAMIC_EXAMPLE_SIDE = 640
 
 
-def check_test_cfg(test_cfg: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """The post-processing settings of ``test_cfg``, or ValueError naming what the graph
-    cannot express.
+def graph_settings(test_cfg: Optional[Dict[str, Any]]) -> PostProcessSettings:
+    """The head's post-processing settings (:class:`PostProcessSettings`, as the head reads
+    them), or RetinaConfigError naming what the graph cannot express.
 
     Args:
         test_cfg (dict | None): the head's ``test_cfg``.
 
     Returns:
-        dict: ``nms_pre`` (<= 0: every candidate), ``score_thr``, ``min_bbox_size``,
-        ``iou_threshold``, ``class_agnostic`` and ``max_per_img``.
+        PostProcessSettings: with an ``nms`` config of mmcv's plain ``nms`` without pixel
+        offset, ``score_thr >= 0``, ``min_bbox_size <= 0`` and ``max_per_img > 0``.
     """
     if not test_cfg:
-        raise ValueError('model test_cfg is missing: the graph needs nms, max_per_img')
+        raise RetinaConfigError('model test_cfg is missing: the graph needs nms, max_per_img')
     if test_cfg.get('with_nms', True) is False:
-        raise ValueError('test_cfg with_nms=False cannot be exported: the graph always runs NMS '
-                         '(export with postprocess=False / --no-postprocess for raw outputs)')
-    nms = test_cfg.get('nms')
-    if nms is None:
-        raise ValueError('test_cfg.nms is missing: the graph always runs NMS')
-    nms_type = nms.get('type', 'nms')
+        raise RetinaConfigError('test_cfg with_nms=False cannot be exported: the graph always '
+                                'runs NMS (export with postprocess=False / --no-postprocess for '
+                                'raw outputs)')
+    settings = PostProcessSettings.from_cfg(test_cfg)
+    if settings.nms is None:
+        raise RetinaConfigError('test_cfg.nms is missing: the graph always runs NMS')
+    nms_type = settings.nms.get('type', 'nms')
     if nms_type != 'nms':
-        raise ValueError(f'test_cfg.nms.type={nms_type!r} cannot be exported: ONNX '
-                         f'NonMaxSuppression is plain greedy NMS (type="nms")')
-    extra = set(nms) - _NMS_KEYS
+        raise RetinaConfigError(f'test_cfg.nms.type={nms_type!r} cannot be exported: ONNX '
+                                f'NonMaxSuppression is plain greedy NMS (type="nms")')
+    extra = set(settings.nms) - SUPPORTED_KEYS
     if extra:
-        raise ValueError(f'test_cfg.nms options {sorted(extra)} cannot be exported')
-    score_thr = float(test_cfg.get('score_thr', 0.0))
-    if score_thr < 0:
-        raise ValueError(f'test_cfg.score_thr must be >= 0 to be exported, got {score_thr}')
-    min_size = float(test_cfg.get('min_bbox_size', -1))
-    if min_size > 0:
-        raise ValueError(f'test_cfg.min_bbox_size={min_size:g} cannot be exported: mmdet applies '
-                         'it in original-image pixels, which the graph does not know (0 or -1 '
-                         'can)')
-    max_per_img = int(test_cfg.get('max_per_img', 0))
-    if max_per_img <= 0:
-        raise ValueError(f'test_cfg.max_per_img must be > 0 to be exported, got {max_per_img}')
-    return dict(nms_pre=int(test_cfg.get('nms_pre', -1)), score_thr=score_thr,
-                min_bbox_size=min_size, iou_threshold=float(nms['iou_threshold']),
-                class_agnostic=bool(nms.get('class_agnostic', False)), max_per_img=max_per_img)
+        raise RetinaConfigError(f'test_cfg.nms options {sorted(extra)} cannot be exported')
+    if settings.nms.get('offset', 0) != 0:
+        raise RetinaConfigError(f"test_cfg.nms.offset={settings.nms['offset']} cannot be "
+                                'exported: ONNX NonMaxSuppression has no pixel offset (0 can)')
+    if settings.score_thr < 0:
+        raise RetinaConfigError(f'test_cfg.score_thr must be >= 0 to be exported, got '
+                                f'{settings.score_thr}')
+    if settings.min_bbox_size > 0:
+        raise RetinaConfigError(f'test_cfg.min_bbox_size={settings.min_bbox_size:g} cannot be '
+                                'exported: mmdet applies it in original-image pixels, which the '
+                                'graph does not know (0 or -1 can)')
+    if settings.max_per_img is None or settings.max_per_img <= 0:
+        raise RetinaConfigError(f'test_cfg.max_per_img must be > 0 to be exported, got '
+                                f'{settings.max_per_img}')
+    return settings
 
 
 class RetinaNetGraph(nn.Module):
@@ -94,12 +100,12 @@ class RetinaNetGraph(nn.Module):
         super().__init__()
         head = getattr(detector, 'bbox_head', None)
         if not isinstance(head, RetinaNetHead):
-            raise ValueError(f'model.bbox_head must be RetinaNetHead (mmdet_retina_plugin) to be '
-                             f'exported, got {type(head).__name__}')
+            raise RetinaConfigError(f'model.bbox_head must be RetinaNetHead (mmdet_retina_plugin) '
+                                    f'to be exported, got {type(head).__name__}')
         self.detector = detector
         self.bgr_to_rgb = bgr_to_rgb
         self.postprocess = postprocess
-        self.settings = check_test_cfg(head.test_cfg) if postprocess else None
+        self.settings = graph_settings(head.test_cfg) if postprocess else None
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         # the exporters restore the module's own mode afterwards: make it eval, for the detector
@@ -152,43 +158,20 @@ class RetinaNetGraph(nn.Module):
 
     def _detections(self, cls_scores: List[Tensor], bbox_preds: List[Tensor],
                     anchors: List[Tensor], img_shapes: Tensor) -> Tuple[Tensor, Tensor]:
-        cfg = self.settings
-        head = self.head
-        num_classes = head.cls_out_channels
-        logits, labels, deltas, cand_anchors = [], [], [], []
-        for cls_score, bbox_pred, level_anchors in zip(cls_scores, bbox_preds, anchors):
-            batch, _, height, width = cls_score.shape
-            flat_logits = cls_score.reshape(batch, -1)
-            if cfg['nms_pre'] > 0:
-                top, flat = graph_ops.level_topk(flat_logits, cfg['nms_pre'])
-            else:
-                top = flat_logits
-                flat = torch.arange(flat_logits.size(1), device=top.device).expand_as(top)
-            # native (B, A*K, H, W) layout: flat = (a*K + k) * H*W + pixel, as the head reads it;
-            # no `%` by the symbolic H*W (the exporter has no remainder by a symbolic scalar)
-            channel = flat // (height * width)
-            pixel = flat - channel * (height * width)
-            level_deltas, level_cand = post.gather_level(bbox_pred, level_anchors,
-                                                         channel // num_classes, pixel)
-            deltas.append(level_deltas)
-            cand_anchors.append(level_cand)
-            logits.append(top)
-            labels.append(channel % num_classes)
-        scores = torch.cat(logits, 1).sigmoid()
-        labels = torch.cat(labels, 1)
-        boxes = post.decode_boxes(head.bbox_coder, torch.cat(cand_anchors, 1),
-                                  torch.cat(deltas, 1))
-        if getattr(head.bbox_coder, 'clip_border', True):
-            boxes = post.clip_boxes(boxes, img_shapes.to(boxes.dtype))
-        valid = scores > cfg['score_thr']
-        if cfg['min_bbox_size'] >= 0:
-            valid = valid & post.min_size_mask(boxes, cfg['min_bbox_size'])
-        nms_boxes = boxes if cfg['class_agnostic'] else \
-            graph_ops.class_offset_boxes(boxes, labels, valid)
-        nms_scores = torch.where(valid, scores, scores.new_tensor(graph_ops.REJECTED_SCORE))
-        selected = graph_ops.onnx_nms(nms_boxes, nms_scores[:, None], cfg['max_per_img'],
-                                      cfg['iou_threshold'])
-        return graph_ops.pack_detections(selected, boxes, scores, labels, cfg['max_per_img'])
+        """The head's candidates (:func:`select_candidates`, with a top-k of fixed width), then
+        ONNX's NMS and the padded outputs; arguments and outputs as :meth:`forward`."""
+        settings, head = self.settings, self.head
+        cand = select_candidates(
+            cls_scores, bbox_preds, anchors, head.cls_out_channels, head.bbox_coder, settings,
+            [settings.nms_pre] * len(cls_scores), img_shapes, topk=graph_ops.level_topk)
+        nms_boxes = cand.bboxes if settings.nms.get('class_agnostic', False) else \
+            class_offset_boxes(cand.bboxes, cand.labels, cand.valid)
+        nms_scores = torch.where(cand.valid, cand.scores,
+                                 cand.scores.new_tensor(graph_ops.REJECTED_SCORE))
+        selected = graph_ops.onnx_nms(nms_boxes, nms_scores[:, None], settings.max_per_img,
+                                      float(settings.nms['iou_threshold']))
+        return graph_ops.pack_detections(selected, cand.bboxes, cand.scores, cand.labels,
+                                         settings.max_per_img)
 
 
 def _load_detector(config: Union[str, Path, Any], checkpoint: Union[str, Path]
@@ -199,26 +182,34 @@ def _load_detector(config: Union[str, Path, Any], checkpoint: Union[str, Path]
     import mmdet_retina_plugin  # noqa: F401  (registers our modules for the config)
 
     if not Path(checkpoint).is_file():
-        raise ValueError(f'checkpoint not found: {checkpoint}')
+        raise RetinaConfigError(f'checkpoint not found: {checkpoint}')
     cfg = Config.fromfile(str(config)) if isinstance(config, (str, Path)) \
         else copy.deepcopy(config)
     model = init_detector(cfg, str(checkpoint), device='cpu')
     return model.eval(), cfg
 
 
-def _input_hw(meta: Dict[str, Any], input_size: Optional[Sequence[int]]) -> Tuple[int, int]:
+def _input_hw(meta: Dict[str, Any], input_size: Optional[Sequence[int]],
+              dynamic: bool) -> Tuple[int, int]:
     """The example (and, without ``dynamic``, the fixed) input size: ``input_size``, or the
-    test resize's scale ``(h, w)`` padded to the divisor."""
+    test resize's scale ``(h, w)`` padded to the divisor, or (``dynamic`` only, where any size
+    traces the same graph) a square of about :data:`_DYNAMIC_EXAMPLE_SIDE` pixels."""
     divisor = meta['pad_size_divisor']
     if input_size is not None:
         height, width = (int(v) for v in input_size)
         if height < 1 or width < 1 or height % divisor or width % divisor:
-            raise ValueError(f'input_size must be positive multiples of the pad divisor '
-                             f'{divisor}, got {height} x {width}')
+            raise RetinaConfigError(f'input_size must be positive multiples of the pad divisor '
+                                    f'{divisor}, got {height} x {width}')
         return height, width
     resize = meta['resize']
     if resize is None or not resize['scale']:
-        raise ValueError('input_size is required: the test pipeline fixes no image size')
+        if dynamic:
+            side = -(-_DYNAMIC_EXAMPLE_SIDE // divisor) * divisor
+            return side, side
+        raise RetinaConfigError(
+            'input_size is required: the test pipeline fixes no image size; give the graph\'s '
+            'fixed size with --input-size H W (export_onnx(..., input_size=(H, W))), in '
+            f'multiples of the pad divisor {divisor}, or export with --dynamic')
     width, height = resize['scale']
     if resize['keep_ratio']:  # mmcv's keep_ratio scale is (long edge, short edge)
         width, height = max(width, height), min(width, height)
@@ -240,32 +231,33 @@ def export_onnx(config: Union[str, Path, Any], checkpoint: Union[str, Path],
         postprocess (bool): False exports the raw per-level outputs and the anchors.
         input_size (Sequence[int] | None): ``(H, W)`` of the example input and, without
             ``dynamic``, the graph's fixed input size; multiples of the pad divisor. None: the
-            test resize's scale, padded.
+            test resize's scale, padded; with ``dynamic`` and no fixed test scale, a square of
+            about :data:`_DYNAMIC_EXAMPLE_SIDE` pixels.
         dynamic (bool): batch size, height and width free (height and width multiples of the
             pad divisor).
         batch_size (int): the fixed batch size without ``dynamic``.
         dynamo (bool): ``torch.onnx.export``'s dynamo exporter (``torch.export`` +
-            onnxscript) instead of the TorchScript one; the same graph, 5 to 10 times slower
-            to export.
+            onnxscript) instead of the TorchScript one; the same graph, slower to export
+            (docs/deploy.md).
         winograd (bool | None): compute the network's 3x3 stride-1 convolutions of >= 192
             input and output channels with Winograd F(4x4, 3x3) (:mod:`.winograd`): a quarter
             of their arithmetic, results within float32 rounding (~1e-5 relative) of the
             direct ones. None: with the TorchScript exporter, not with ``dynamo`` (its
-            symbolic shapes make each Winograd call take seconds to export: an R50 graph
-            did not finish in 14 minutes).
+            symbolic shapes make Winograd calls very slow to export, docs/deploy.md).
 
     Returns:
         Path: ``out``.
 
     Raises:
-        ValueError: a missing checkpoint, a head that is not :class:`RetinaNetHead`, or a
-            test-time option the graph cannot express (named in the message).
+        RetinaConfigError: a missing checkpoint, a head that is not :class:`RetinaNetHead`, a
+            test-time option the graph cannot express, or no ``input_size`` where one is
+            needed (named in the message).
     """
     if opset < (18 if dynamo else 11):
-        raise ValueError(f'opset must be >= {18 if dynamo else 11} with dynamo={dynamo}, got '
-                         f'{opset}')
+        raise RetinaConfigError(f'opset must be >= {18 if dynamo else 11} with dynamo={dynamo}, '
+                                f'got {opset}')
     if batch_size < 1:
-        raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+        raise RetinaConfigError(f'batch_size must be >= 1, got {batch_size}')
     model, cfg = _load_detector(config, checkpoint)
     meta = pipeline_meta(cfg, model.dataset_meta.get('classes', ()))
     graph = RetinaNetGraph(model, meta['mean'], meta['std'], meta['bgr_to_rgb'], postprocess)
@@ -273,7 +265,7 @@ def export_onnx(config: Union[str, Path, Any], checkpoint: Union[str, Path],
     if winograd is None:
         winograd = not dynamo
     replaced = list(winograd_convs(model)) if winograd else []
-    height, width = _input_hw(meta, input_size)
+    height, width = _input_hw(meta, input_size, dynamic)
     batch = 2 if dynamic else batch_size  # a batch of 2 keeps the exporter from fixing B = 1
     args = (torch.zeros(batch, 3, height, width), torch.tensor([[height, width]] * batch))
     num_levels = graph.head.prior_generator.num_levels
@@ -292,9 +284,9 @@ def export_onnx(config: Union[str, Path, Any], checkpoint: Union[str, Path],
                 input_size=None if dynamic else [height, width],
                 batch_size=None if dynamic else batch_size,
                 outputs=output_names, padding=dict(score=0.0, label=-1),
-                test_cfg=graph.settings, num_classes=graph.head.num_classes,
-                winograd_convs=replaced)
-    _write_metadata(out, meta)
+                test_cfg=dataclasses.asdict(graph.settings) if postprocess else None,
+                num_classes=graph.head.num_classes, winograd_convs=replaced)
+    write_metadata(out, meta)
     return out
 
 
@@ -332,26 +324,3 @@ def _export_dynamo(graph: RetinaNetGraph, args: Tuple[Tensor, Tensor], output_na
         custom_translation_table={torch.ops.mmdet_retina_plugin.onnx_nms.default:
                                   graph_ops.onnx_nms_translation})
     program.save(str(out), external_data=False)
-
-
-def _write_metadata(path: Path, meta: Dict[str, Any]) -> None:
-    """Stores ``meta`` as JSON under :data:`METADATA_KEY` in the ONNX file's metadata."""
-    import onnx
-
-    model = onnx.load(str(path))
-    entry = next((p for p in model.metadata_props if p.key == METADATA_KEY), None) or \
-        model.metadata_props.add(key=METADATA_KEY)
-    entry.value = json.dumps(meta)
-    onnx.save(model, str(path))
-
-
-def read_metadata(path: Union[str, Path]) -> Dict[str, Any]:
-    """The metadata :func:`export_onnx` stored in ``path``; ValueError if it has none."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            return json.loads(prop.value)
-    raise ValueError(f'{path} has no {METADATA_KEY} metadata: not exported by '
-                     'mmdet_retina_plugin.deploy.export_onnx')

@@ -1,10 +1,11 @@
-"""Traceable pieces of RetinaNet's post-processing for an ONNX graph.
+"""The ONNX-specific pieces of RetinaNet's post-processing in an exported graph.
 
-The PyTorch head's post-processing keeps static shapes up to its own batched NMS, whose result
-it splits by image; an exported graph needs ONNX's ``NonMaxSuppression`` and padded outputs.
-Here: a per-level top-k of fixed width, mmcv ``batched_nms``'s class offsets, the NMS op (a torch
-custom op with a translation for each of ``torch.onnx.export``'s exporters) and the packing of its
-variable-length result into padded
+The graph selects its candidates with the PyTorch head's own steps
+(``retina_post_processing.select_candidates``) and shifts classes apart with its NMS's
+(``batched_nms.class_offset_boxes``); where the head runs its batched NMS and splits the result
+by image, the graph needs ONNX's ``NonMaxSuppression`` and padded outputs. Here: a per-level
+top-k of fixed width, the NMS op (a torch custom op with a translation for each of
+``torch.onnx.export``'s exporters) and the packing of its variable-length result into padded
 ``(B, max_per_img)`` outputs.
 """
 from __future__ import annotations
@@ -16,9 +17,6 @@ from onnxscript import FLOAT, INT64
 from onnxscript import opset18 as op
 from torch import Tensor
 
-# mmcv batched_nms's class separation, shared with the PyTorch head's batched NMS
-from ..models.layers.batched_nms import class_offset_boxes  # noqa: F401
-
 # Score of padded candidates and of candidates that fail ``score_thr`` / ``min_bbox_size``:
 # below any sigmoid output, and below the NMS op's score threshold.
 REJECTED_SCORE = -1.0
@@ -26,19 +24,23 @@ NMS_SCORE_THRESHOLD = -0.5
 
 
 def level_topk(logits: Tensor, k: int) -> Tuple[Tensor, Tensor]:
-    """The ``k`` largest logits of each row, with a static output width.
+    """The ``k`` largest logits of each row, with a static output width (the exporter's
+    ``topk`` of ``select_level_topk``).
 
     Rows narrower than ``k`` (small feature maps) are padded with ``-inf`` first, so ``TopK``'s
     ``k`` never exceeds the row and the graph keeps one shape for every input size.
 
     Args:
         logits (Tensor): ``(B, N)``.
-        k (int): candidates per row, > 0.
+        k (int): candidates per row; <= 0: every column, in place (``nms_pre <= 0``).
 
     Returns:
         tuple: ``values`` ``(B, k)`` descending (``-inf`` where the row had fewer than ``k``)
-        and their column indexes ``(B, k)``, clamped to ``N - 1`` on the padding.
+        and their column indexes ``(B, k)``, clamped to ``N - 1`` on the padding; with
+        ``k <= 0``, ``logits`` and ``(B, N)`` column indexes.
     """
+    if k <= 0:
+        return logits, torch.arange(logits.size(1), device=logits.device).expand_as(logits)
     pad = logits.new_full((logits.size(0), k), float('-inf'))
     values, cols = torch.cat([logits, pad], 1).topk(k, dim=1)
     return values, cols.clamp(max=logits.size(1) - 1)

@@ -3,19 +3,30 @@
 An exported graph takes images after mmdet's test-time ``Resize`` and the data preprocessor's
 padding. :func:`pipeline_meta` reads those steps (and the class names, mean, std and channel
 order the graph applies) from a config into a JSON-able dict that the exporter stores in the ONNX
-file; :func:`preprocess` replays them on numpy images with mmcv's own ``imrescale`` /
-``imresize``, so the graph sees the pixels mmdet's pipeline would give it.
+file; :func:`preprocess` replays them on numpy images with the calls of mmcv's ``imrescale`` /
+``imresize`` (OpenCV's ``cv2.resize``, or Pillow's ``Image.resize``, with mmcv's sizes and
+rounding), so the graph sees the pixels mmdet's pipeline would give it. Imports neither torch nor
+mmcv: the runtime side needs only numpy and OpenCV (Pillow for ``backend='pillow'``).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from ..utils.errors import RetinaConfigError
 
 # Test-pipeline transforms that do not change the pixels the network sees.
 _PASSIVE_TRANSFORMS = frozenset({'LoadImageFromFile', 'LoadImageFromNDArray',
                                  'LoadAnnotations', 'PackDetInputs'})
+# mmcv's interpolation names of each resize backend (mmcv.image.geometric), as attribute names
+_INTERPOLATIONS = {
+    'cv2': dict(nearest='INTER_NEAREST', bilinear='INTER_LINEAR', bicubic='INTER_CUBIC',
+                area='INTER_AREA', lanczos='INTER_LANCZOS4'),
+    'pillow': dict(nearest='NEAREST', bilinear='BILINEAR', bicubic='BICUBIC', box='BOX',
+                   lanczos='LANCZOS', hamming='HAMMING'),
+}
 
 
 def _type_name(transform: Dict[str, Any]) -> str:
@@ -39,29 +50,29 @@ def pipeline_meta(cfg: Any, classes: Sequence[str]) -> Dict[str, Any]:
         ``pad_value`` corresponds to), ``mean``, ``std``, ``bgr_to_rgb`` and ``classes``.
 
     Raises:
-        ValueError: a transform that changes pixels other than ``Resize``, a ``Resize`` with
-            options the replay does not implement, or a preprocessor with batch augments.
+        RetinaConfigError: a transform that changes pixels other than ``Resize``, a ``Resize``
+            with options the replay does not implement, or a preprocessor with batch augments.
     """
     pipeline = cfg.get('test_pipeline')
     test_loader = cfg.get('test_dataloader')
     if test_loader is not None and 'pipeline' in test_loader.get('dataset', {}):
         pipeline = test_loader['dataset']['pipeline']
     if not pipeline:
-        raise ValueError('config has no test pipeline (test_dataloader.dataset.pipeline or '
-                         'test_pipeline)')
+        raise RetinaConfigError('config has no test pipeline (test_dataloader.dataset.pipeline or '
+                                'test_pipeline)')
     resize = None
     for transform in pipeline:
         name = _type_name(transform)
         if name in _PASSIVE_TRANSFORMS:
             continue
         if name != 'Resize' or resize is not None:
-            raise ValueError(f'test pipeline transform {name} cannot be exported: only one '
-                             f'Resize besides {sorted(_PASSIVE_TRANSFORMS)}')
+            raise RetinaConfigError(f'test pipeline transform {name} cannot be exported: only one '
+                                    f'Resize besides {sorted(_PASSIVE_TRANSFORMS)}')
         unsupported = set(transform) - {'type', 'scale', 'scale_factor', 'keep_ratio',
                                         'interpolation', 'backend', 'clip_object_border'}
         if unsupported:
-            raise ValueError(f'test pipeline Resize options {sorted(unsupported)} cannot be '
-                             'exported')
+            raise RetinaConfigError(f'test pipeline Resize options {sorted(unsupported)} cannot be '
+                                    'exported')
         scale = transform.get('scale')
         if isinstance(scale, int):
             scale = (scale, scale)
@@ -71,20 +82,26 @@ def pipeline_meta(cfg: Any, classes: Sequence[str]) -> Dict[str, Any]:
                       interpolation=transform.get('interpolation', 'bilinear'),
                       backend=transform.get('backend', 'cv2'))
         if resize['scale'] is None and resize['scale_factor'] is None:
-            raise ValueError('test pipeline Resize needs scale or scale_factor')
+            raise RetinaConfigError('test pipeline Resize needs scale or scale_factor')
+        names = _INTERPOLATIONS.get(resize['backend'])
+        if names is None or resize['interpolation'] not in names:
+            raise RetinaConfigError(
+                f"test pipeline Resize backend={resize['backend']!r} with interpolation="
+                f"{resize['interpolation']!r} cannot be exported: backends and interpolations "
+                f'are {({k: sorted(v) for k, v in _INTERPOLATIONS.items()})}')
     prep = cfg.model.get('data_preprocessor') or {}
     if _type_name(prep) not in ('DetDataPreprocessor', 'RetinaDataPreprocessor'):
-        raise ValueError(f'model.data_preprocessor must be DetDataPreprocessor or '
-                         f'RetinaDataPreprocessor, got {_type_name(prep)}')
+        raise RetinaConfigError(f'model.data_preprocessor must be DetDataPreprocessor or '
+                                f'RetinaDataPreprocessor, got {_type_name(prep)}')
     if prep.get('batch_augments'):
-        raise ValueError('model.data_preprocessor.batch_augments cannot be exported')
+        raise RetinaConfigError('model.data_preprocessor.batch_augments cannot be exported')
     if prep.get('rgb_to_bgr'):
-        raise ValueError('model.data_preprocessor.rgb_to_bgr cannot be exported (input images '
-                         'are BGR; bgr_to_rgb is supported)')
+        raise RetinaConfigError('model.data_preprocessor.rgb_to_bgr cannot be exported (input '
+                                'images are BGR; bgr_to_rgb is supported)')
     mean = [float(v) for v in (prep.get('mean') or (0.0, 0.0, 0.0))]
     std = [float(v) for v in (prep.get('std') or (1.0, 1.0, 1.0))]
     if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f'data_preprocessor mean and std need 3 values, got {mean}, {std}')
+        raise RetinaConfigError(f'data_preprocessor mean and std need 3 values, got {mean}, {std}')
     bgr_to_rgb = bool(prep.get('bgr_to_rgb', False))
     pad_value = float(prep.get('pad_value', 0))
     # The preprocessor pads after normalising; a raw pixel of mean + pad_value * std normalises
@@ -97,9 +114,33 @@ def pipeline_meta(cfg: Any, classes: Sequence[str]) -> Dict[str, Any]:
                 classes=list(classes))
 
 
+def _scale_size(size: Tuple[int, int], scale: Union[float, Sequence[float]]) -> Tuple[int, int]:
+    """mmcv's ``_scale_size``: ``(w, h)`` times ``scale``, rounded half up."""
+    if isinstance(scale, (float, int)):
+        scale = (scale, scale)
+    w, h = size
+    return int(w * float(scale[0]) + 0.5), int(h * float(scale[1]) + 0.5)
+
+
+def _resize(image: np.ndarray, size: Tuple[int, int], interpolation: str,
+            backend: str) -> np.ndarray:
+    """mmcv's ``imresize`` to ``size`` ``(w, h)``: the same library call."""
+    if backend == 'pillow':
+        from PIL import Image
+
+        codes = getattr(Image, 'Resampling', Image)  # Pillow >= 9.1 names them Resampling.*
+        method = getattr(codes, _INTERPOLATIONS['pillow'][interpolation])
+        return np.array(Image.fromarray(image).resize(size, method))
+    import cv2
+
+    return cv2.resize(image, size,
+                      interpolation=getattr(cv2, _INTERPOLATIONS['cv2'][interpolation]))
+
+
 def resize_image(image: np.ndarray, resize: Optional[Dict[str, Any]]
                  ) -> Tuple[np.ndarray, Tuple[float, float]]:
-    """mmdet's test-time ``Resize`` of one image, with the same mmcv calls.
+    """mmdet's test-time ``Resize`` of one image, with the sizes and library calls of mmcv's
+    ``imrescale`` / ``imresize``.
 
     Args:
         image (np.ndarray): ``(H, W, 3)`` uint8 BGR.
@@ -108,20 +149,16 @@ def resize_image(image: np.ndarray, resize: Optional[Dict[str, Any]]
     Returns:
         tuple: the resized image and its ``(w_scale, h_scale)`` (new size / old size).
     """
-    import mmcv
-    from mmcv.image.geometric import _scale_size
-
     if resize is None:
         return image, (1.0, 1.0)
     h, w = image.shape[:2]
+    # mmcv's Resize: the fixed scale, or the image's size times scale_factor
     scale = tuple(resize['scale']) if resize['scale'] else \
         _scale_size((w, h), resize['scale_factor'])
-    if resize['keep_ratio']:
-        out = mmcv.imrescale(image, scale, interpolation=resize['interpolation'],
-                             backend=resize['backend'])
-    else:
-        out = mmcv.imresize(image, scale, interpolation=resize['interpolation'],
-                            backend=resize['backend'])
+    if resize['keep_ratio']:  # mmcv's rescale_size: as large as fits (long edge, short edge)
+        factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
+        scale = _scale_size((w, h), factor)
+    out = _resize(image, scale, resize['interpolation'], resize['backend'])
     return out, (out.shape[1] / w, out.shape[0] / h)
 
 

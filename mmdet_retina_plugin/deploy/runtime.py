@@ -1,13 +1,19 @@
-"""ONNX Runtime inference of a graph written by :func:`~.export.export_onnx`."""
+"""ONNX Runtime inference of a graph written by :func:`~.export.export_onnx`.
+
+Needs numpy, onnxruntime and OpenCV only (``pip install numpy onnxruntime
+opencv-python-headless``; Pillow too for a ``Resize`` with ``backend='pillow'``): neither this
+module nor what it imports loads torch, mmcv, mmdet or mmengine, and where torch is not
+installed ``import mmdet_retina_plugin`` registers nothing and loads none of them either.
+"""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .export import METADATA_KEY
+from ..utils.errors import RetinaConfigError
+from .metadata import metadata_from_props
 from .pipeline import preprocess
 
 
@@ -37,15 +43,12 @@ class OnnxRetinaNet:
         options = ort.SessionOptions()
         if threads is not None:
             if threads < 1:
-                raise ValueError(f'threads must be >= 1, got {threads}')
+                raise RetinaConfigError(f'threads must be >= 1, got {threads}')
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), options,
                                             providers=list(providers or ['CPUExecutionProvider']))
-        props = self.session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY not in props:
-            raise ValueError(f'{path} has no {METADATA_KEY} metadata: not exported by '
-                             'mmdet_retina_plugin.deploy.export_onnx')
-        self.meta: Dict[str, Any] = json.loads(props[METADATA_KEY])
+        self.meta: Dict[str, Any] = metadata_from_props(
+            self.session.get_modelmeta().custom_metadata_map, path)
         self._inputs = {i.name for i in self.session.get_inputs()}
 
     @property
@@ -71,8 +74,8 @@ class OnnxRetinaNet:
             and ``anchors`` ``(sum(Hi*Wi*A), 4)`` (x1, y1, x2, y2 in input pixels).
         """
         if self.meta['postprocess']:
-            raise ValueError('raw() needs a graph exported with postprocess=False '
-                             '(--no-postprocess); use det()')
+            raise RetinaConfigError('raw() needs a graph exported with postprocess=False '
+                                    '(--no-postprocess); use det()')
         outputs, _ = self._run(list(images))
         return dict(zip(self.meta['outputs'], outputs))
 
@@ -90,12 +93,13 @@ class OnnxRetinaNet:
             int64 class indices into :attr:`classes`; ``N <= max_per_img``.
 
         Raises:
-            ValueError: a non-image (not a uint8 ``(H, W, 3)`` array), an empty list, or a graph
-                exported without post-processing.
+            ValueError: a non-image (not a uint8 ``(H, W, 3)`` array) or an empty list.
+            RetinaConfigError: a graph exported without post-processing.
         """
         if not self.meta['postprocess']:
-            raise ValueError('det() needs a graph exported with post-processing; this one was '
-                             'exported with postprocess=False (--no-postprocess): use raw()')
+            raise RetinaConfigError('det() needs a graph exported with post-processing; this one '
+                                    'was exported with postprocess=False (--no-postprocess): use '
+                                    'raw()')
         images = list(images)
         if not images:
             raise ValueError('images must hold at least one image')

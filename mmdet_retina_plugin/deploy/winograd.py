@@ -7,11 +7,10 @@ transformed tiles: 36 multiply-adds per 16 outputs per channel pair instead of 9
 quarter of the direct convolution's arithmetic. The input and output transforms are small
 integer matrices (additions), which cost memory traffic, not arithmetic. RetinaNet's head (its
 ten 3x3 convolutions over 256 channels, shared by the levels) holds over half of the
-detector's FLOPs. ONNX Runtime's CPU convolutions are direct; measured in it on 2 cores, at
-the P3 level of an 800x1216 image (100x152): 256 -> 256 channels 1.6x faster, 256 -> 720 (the
-class output) 2.2x, 192 -> 192 1.3x; but 128 -> 128 1.0x and 256 -> 36 (the box output)
-0.6x, where the transforms' memory traffic outweighs the saved arithmetic. Hence the
-threshold on both channel counts (:func:`is_winograd_eligible`).
+detector's FLOPs. ONNX Runtime's CPU convolutions are direct, and gain from this where both
+channel counts are large; with few channels (or the box output's 36) the transforms' memory
+traffic outweighs the saved arithmetic (measured per channel count in docs/deploy.md). Hence
+the threshold on both channel counts (:func:`is_winograd_eligible`).
 
 Results differ from the direct convolution by rounding only: the transforms' constants (up to 8,
 and 1/24 in the weight transform, computed in float64) leave a relative error around 1e-5 in

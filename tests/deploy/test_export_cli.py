@@ -11,6 +11,7 @@ from mmengine.config import Config
 from mmdet_retina_plugin.deploy import OnnxRetinaNet, export_onnx, read_metadata
 from mmdet_retina_plugin.deploy.pipeline import preprocess
 from mmdet_retina_plugin.tools.cli import main
+from mmdet_retina_plugin.utils.errors import RetinaConfigError
 from tests.deploy.conftest import assert_raw_outputs_equal, textured_image
 
 
@@ -63,15 +64,48 @@ def test_infer_onnx_draws_the_pytorch_pictures(demo_detector, tmp_path):
         assert (drawn_o != source).any() and (drawn_t != source).any()
 
 
+def test_dynamic_export_needs_no_input_size(demo_detector, tmp_path):
+    # the demo's test pipeline resizes by scale_factor=1.0: it fixes no size
+    files = [str(demo_detector['config']), str(demo_detector['checkpoint'])]
+    out = tmp_path / 'dynamic.onnx'
+    main(['export', *files, '--out', str(out), '--dynamic'])
+    meta = read_metadata(out)
+    assert meta['dynamic'] is True and meta['input_size'] is None
+    # the head's test_cfg, in mmdet's layout
+    cfg = Config.fromfile(files[0]).model.test_cfg
+    assert meta['test_cfg'] == dict(score_thr=cfg.score_thr, nms_pre=cfg.nms_pre,
+                                    min_bbox_size=cfg.min_bbox_size, nms=dict(cfg.nms),
+                                    max_per_img=cfg.max_per_img)
+    # any size runs, and gives the detections of the session's export (example 160 x 160)
+    images = [textured_image(75, 133, seed=5), textured_image(200, 120, seed=6)]
+    for ours, ref in zip(OnnxRetinaNet(out).det(images),
+                         OnnxRetinaNet(demo_detector['onnx']).det(images)):
+        assert len(ref['scores']) > 0
+        np.testing.assert_array_equal(ours['labels'], ref['labels'])
+        np.testing.assert_allclose(ours['bboxes'], ref['bboxes'], rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(ours['scores'], ref['scores'], rtol=0, atol=1e-6)
+
+
+def test_fixed_size_export_names_the_input_size_option(demo_detector, tmp_path):
+    files = [str(demo_detector['config']), str(demo_detector['checkpoint'])]
+    with pytest.raises(RetinaConfigError, match='--input-size H W'):
+        main(['export', *files, '--out', str(tmp_path / 'fixed.onnx')])
+    assert not (tmp_path / 'fixed.onnx').exists()
+
+
 @pytest.mark.parametrize('change, message', [
     (dict(nms=dict(type='soft_nms', iou_threshold=0.5)), "nms.type='soft_nms'"),
+    (dict(nms=dict(type='nms', iou_threshold=0.5, offset=1)), 'nms.offset=1'),
+    (dict(nms=dict(type='nms', iou_threshold=0.5, min_score=0.1)), r"options \['min_score'\]"),
     (dict(with_nms=False), 'with_nms=False'),
     (dict(min_bbox_size=2), 'min_bbox_size'),
+    (dict(max_per_img=None), 'max_per_img'),
+    (dict(score_thr='0.05'), 'score_thr must be a number'),
 ])
 def test_unexportable_test_cfg_fails_at_export(demo_detector, tmp_path, change, message):
     cfg = Config.fromfile(str(demo_detector['config']))
     cfg.model.test_cfg.update(change)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(RetinaConfigError, match=message):
         export_onnx(cfg, demo_detector['checkpoint'], tmp_path / 'x.onnx', input_size=(64, 64))
 
 

@@ -6,13 +6,11 @@ This head flattens the levels once and works on the whole batch: one assignment 
 assigner's ``assign_batch`` when it has one), one focal-loss call over ``B * sum(Hi*Wi*A)``
 anchors with per-level partial sums, one dense box-loss call over all anchors (weight 1 on
 positives), without host syncs and with shapes fixed by the batch's shapes and its largest gt
-count; a batched score filter / top-k / decode,
-and one class-wise NMS over the whole batch (``models/layers/batched_nms.py``). Losses and
-detections equal mmdet's ``RetinaHead`` (see ``tests/models/test_parity_retinanet.py``).
+count; a batched top-k / decode / score filter and one class-wise NMS over the whole batch
+(:mod:`.retina_post_processing`). Losses and detections equal mmdet's ``RetinaHead``.
 """
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 from typing import List, Optional, Sequence, Tuple
@@ -20,65 +18,35 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule
-from mmdet.models import losses as mmdet_losses
 from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
-from mmdet.models.task_modules.samplers import PseudoSampler
 from mmdet.registry import MODELS, TASK_UTILS
 from mmdet.utils import ConfigType, InstanceList, OptConfigType, OptInstanceList, OptMultiConfig
 from mmengine.config import ConfigDict
 from torch import Tensor
 
 from ...utils.dist_utils import reduce_mean_avg_factor
-from ..losses import RetinaFocalLoss, RetinaHardNegativeCELoss
-from ..losses.focal_eager import AVG_EPS
+from ...utils.errors import RetinaConfigError
 from ..task_modules.prior_generators import AnchorCache
 from .retina_gt_reporter import GtReporter
-from .retina_gts import GtBatch, host_tensor, image_hw, pad_gts
-from .retina_loss_reduction import level_sums, moving_average
-from .retina_post_processing import (
-    clip_boxes,
-    decode_boxes,
-    detections_by_image,
-    gather_level,
-    level_candidate_counts,
-    logit_floor,
-    min_size_mask,
-    rescale_boxes,
-    select_level_topk,
+from .retina_gts import GtBatch, image_hw, pad_gts
+from .retina_head_checks import (
+    check_head_args,
+    check_levels,
+    check_sampler,
+    check_shared_anchors,
+    check_sigmoid_loss,
 )
-from .retina_targets import BatchTargets, assigned_boxes, batch_targets, encode_boxes
-
-
-def _flatten_levels(maps: Sequence[Tensor], channels: int) -> Tensor:
-    """``[(B, A*C, Hi, Wi)]`` -> ``(B, sum(Hi*Wi*A), C)``, in the anchors' order."""
-    batch = maps[0].size(0)
-    return torch.cat([m.permute(0, 2, 3, 1).reshape(batch, -1, channels) for m in maps], 1)
-
-
-#: Losses whose value is a sum over anchors (positives for box losses) divided by
-#: ``avg_factor``: one call over the batch with ``reduction_override='none'``, summed per level,
-#: equals mmdet's per-level calls. ``RetinaHardNegativeCELoss`` mines its negatives among all
-#: anchors of one call by design.
-BATCHED_LOSSES = frozenset((
-    RetinaFocalLoss, RetinaHardNegativeCELoss, mmdet_losses.FocalLoss,
-    mmdet_losses.CrossEntropyLoss, mmdet_losses.L1Loss, mmdet_losses.SmoothL1Loss,
-    mmdet_losses.BalancedL1Loss, mmdet_losses.MSELoss, mmdet_losses.IoULoss,
-    mmdet_losses.GIoULoss, mmdet_losses.DIoULoss, mmdet_losses.CIoULoss, mmdet_losses.EIoULoss,
-    mmdet_losses.SIoULoss, mmdet_losses.BoundedIoULoss))
-
-
-def _check_sampler(sampler: OptConfigType) -> None:
-    """Only ``PseudoSampler`` (every anchor a sample), however the config spells its type."""
-    if sampler is None:
-        return
-    kind = sampler.get('type')
-    if isinstance(kind, str):
-        kind = TASK_UTILS.get(kind)
-    if kind is not PseudoSampler:
-        raise ValueError(
-            f"train_cfg.sampler must be None or PseudoSampler, got {sampler.get('type')!r}: "
-            'RetinaNetHead trains on every anchor (the focal loss replaces sampling); drop the '
-            "sampler, or use mmdet's RetinaHead / AnchorHead for a sampled head")
+from .retina_level_losses import (
+    BATCHED_LOSSES,
+    box_level_losses,
+    box_regression_pair,
+    cls_level_losses,
+    flatten_levels,
+)
+from .retina_loss_reduction import moving_average
+from .retina_post_processing import detections_by_image, level_topk_sizes, select_candidates
+from .retina_post_settings import PostProcessSettings
+from .retina_targets import BatchTargets, batch_targets
 
 
 @MODELS.register_module()
@@ -132,24 +100,17 @@ class RetinaNetHead(BaseDenseHead):
             has it), ``allowed_border`` (-1: keep anchors crossing the image border),
             ``pos_weight`` (<= 0: 1), ``sampler`` (None or ``PseudoSampler``, any spelling the
             registry resolves), ``debug`` (unused, as in mmdet).
-        test_cfg (dict, optional): ``nms_pre``, ``score_thr``, ``min_bbox_size``, ``nms``
-            (mmcv's ``nms`` batched over the images, or any other mmcv ``batched_nms`` config
-            such as ``soft_nms`` image by image), ``max_per_img``.
+        test_cfg (dict, optional): :class:`~.PostProcessSettings` (``nms``: mmcv's ``nms``
+            batched over the images, or any other mmcv ``batched_nms`` config such as
+            ``soft_nms`` image by image).
         init_cfg (dict or list[dict], optional): None for RetinaNet's init in
             :meth:`init_weights` (normal std 0.01, bias 0, class bias from ``prior_prob``); any
             other init_cfg is applied on top of it.
 
-    Losses come per level, as mmdet's ``AnchorHead`` returns them. A loss with a ``segments``
-    argument (``RetinaFocalLoss``) gives them from one call; other losses whose value is a sum
-    over anchors (``FocalLoss``, ``CrossEntropyLoss``, ``L1Loss``, ``SmoothL1Loss``, the IoU
-    losses, ...: :data:`BATCHED_LOSSES`) are called once for the whole batch without reduction
-    and summed per level (which also skips mmdet's ``torch.any(weight > 0)`` host sync in the box
-    losses); any other loss (e.g. ``GHMC`` / ``GHMR``, which weigh by statistics of the tensor
-    they get) is called level by level on all anchors of the level, as mmdet calls it, with
-    whatever host syncs it makes (mmdet's ``FocalLoss`` and ``CrossEntropyLoss`` make some of
-    their own, in ``one_hot`` and label expansion). With ``RetinaFocalLoss``, a batched box loss
-    and ``RetinaIoUAssigner`` (without ``gpu_assign_thr`` or ``perm_repeat_gt_cfg``, which move
-    data to the host on purpose) ``loss_by_feat`` issues no host sync.
+    Losses come per level, as mmdet's ``AnchorHead`` returns them, from one call over the batch
+    where the loss allows it (:mod:`.retina_level_losses`). With ``RetinaFocalLoss``, a batched
+    box loss and ``RetinaIoUAssigner`` (without ``gpu_assign_thr`` or ``perm_repeat_gt_cfg``,
+    which move data to the host on purpose) ``loss_by_feat`` issues no host sync.
     """
 
     def __init__(self,
@@ -177,18 +138,8 @@ class RetinaNetHead(BaseDenseHead):
                  test_cfg: OptConfigType = None,
                  init_cfg: OptMultiConfig = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        if num_classes < 1:
-            raise ValueError(f'num_classes must be >= 1, got {num_classes}')
-        if in_channels < 1 or feat_channels < 1:
-            raise ValueError(f'in_channels and feat_channels must be >= 1, got '
-                             f'{in_channels} and {feat_channels}')
-        if stacked_convs < 0:
-            raise ValueError(f'stacked_convs must be >= 0, got {stacked_convs}')
-        if not 0.0 < prior_prob < 1.0:
-            raise ValueError(f'prior_prob must be in (0, 1), got {prior_prob}')
-        if avg_factor_momentum is not None and not 0.0 <= avg_factor_momentum < 1.0:
-            raise ValueError(f'avg_factor_momentum must be None or in [0, 1), got '
-                             f'{avg_factor_momentum}')
+        check_head_args(num_classes, in_channels, feat_channels, stacked_convs, prior_prob,
+                        avg_factor_momentum)
         self.num_classes = num_classes
         self.cls_out_channels = num_classes
         self.use_sigmoid_cls = True
@@ -205,31 +156,23 @@ class RetinaNetHead(BaseDenseHead):
             self.register_buffer('avg_factor_ema', torch.tensor(0.0))
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
+        PostProcessSettings.from_cfg(test_cfg)  # checked at build time, read at each predict
 
         self.prior_generator = TASK_UTILS.build(anchor_generator)
-        if len(set(self.prior_generator.num_base_priors)) != 1:
-            raise ValueError('anchor_generator must give every level the same number of base '
-                             f'anchors (shared convs), got {self.prior_generator.num_base_priors}')
+        check_shared_anchors(self.prior_generator.num_base_priors)
         self.num_base_priors = self.prior_generator.num_base_priors[0]
         self.anchor_cache = AnchorCache(self.prior_generator)
         self.bbox_coder = TASK_UTILS.build(bbox_coder)
         self.loss_cls = MODELS.build(loss_cls)
         self.loss_bbox = MODELS.build(loss_bbox)
-        # mmdet reads use_sigmoid from the config; the built loss knows its default too
-        if not getattr(self.loss_cls, 'use_sigmoid', loss_cls.get('use_sigmoid', False)):
-            raise ValueError(
-                f'loss_cls.use_sigmoid must be True, got {type(self.loss_cls).__name__} with '
-                'use_sigmoid=False (a softmax over K + 1 classes): RetinaNetHead scores each '
-                'class with a sigmoid and has no background logit; use a sigmoid loss '
-                "(RetinaFocalLoss, FocalLoss, CrossEntropyLoss(use_sigmoid=True)) or mmdet's "
-                'RetinaHead')
+        check_sigmoid_loss(self.loss_cls, loss_cls)
         self._cls_batched = type(self.loss_cls) in BATCHED_LOSSES
         self._cls_segments = 'segments' in inspect.signature(self.loss_cls.forward).parameters
         self._box_batched = type(self.loss_bbox) in BATCHED_LOSSES
         self.gt_reporter = GtReporter()
         if train_cfg:
             self.assigner = TASK_UTILS.build(train_cfg['assigner'])
-            _check_sampler(train_cfg.get('sampler'))
+            check_sampler(train_cfg.get('sampler'))
 
         def branch() -> nn.ModuleList:
             return nn.ModuleList(
@@ -307,14 +250,6 @@ class RetinaNetHead(BaseDenseHead):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ training
-    def _check_levels(self, cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor]
-                      ) -> List[Tuple[int, int]]:
-        if len(cls_scores) != self.prior_generator.num_levels or \
-                len(bbox_preds) != len(cls_scores):
-            raise ValueError(f'got {len(cls_scores)} cls / {len(bbox_preds)} box levels but '
-                             f'anchor_generator.strides has {self.prior_generator.num_levels}')
-        return [tuple(s.shape[-2:]) for s in cls_scores]
-
     def get_batch_targets(self, anchors: Tensor, valid: Tensor,
                           batch_gt_instances: InstanceList, batch_img_metas: List[dict],
                           batch_gt_instances_ignore: OptInstanceList = None) -> BatchTargets:
@@ -324,8 +259,7 @@ class RetinaNetHead(BaseDenseHead):
         Args:
             anchors (Tensor): ``(A, 4)`` anchors of all levels (shared by the batch).
             valid (Tensor): ``(B, A)`` bool, False on each image's padding.
-            batch_gt_instances (InstanceList): per image ``bboxes`` ``(Gi, 4)`` and ``labels``
-                ``(Gi,)``.
+            batch_gt_instances (InstanceList): per image ``bboxes`` (Gi, 4), ``labels`` (Gi,).
             batch_img_metas (List[dict]): per image meta with ``img_shape``.
             batch_gt_instances_ignore (OptInstanceList): per image ignored ``bboxes`` or None.
 
@@ -371,7 +305,7 @@ class RetinaNetHead(BaseDenseHead):
         Raises:
             ValueError: a gt box has a NaN or infinite coordinate.
         """
-        featmap_sizes = self._check_levels(cls_scores, bbox_preds)
+        featmap_sizes = check_levels(cls_scores, bbox_preds, self.prior_generator.num_levels)
         device = cls_scores[0].device
         # 1. anchors: float32 like mmdet's get_anchors whatever the score dtype; cached by shape
         anchors, _ = self.anchor_cache.anchors(featmap_sizes, device, torch.float32)
@@ -410,72 +344,17 @@ class RetinaNetHead(BaseDenseHead):
         if self.avg_factor_momentum is not None:
             avg_factor = moving_average(self.avg_factor_ema, avg_factor,
                                         self.avg_factor_momentum, update=self.training)
-        # 4. classification loss over all anchors, 5. box loss over positives
-        loss_cls = self._cls_loss(_flatten_levels(cls_scores, self.cls_out_channels), targets,
-                                  level_sizes, avg_factor)
-        loss_bbox = self._box_loss(_flatten_levels(bbox_preds, self.bbox_coder.encode_size),
-                                   anchors, targets, level_sizes, avg_factor)
+        # 4. classification loss over all anchors
+        loss_cls = cls_level_losses(
+            self.loss_cls, flatten_levels(cls_scores, self.cls_out_channels), targets,
+            level_sizes, avg_factor, segments=self._cls_segments, batched=self._cls_batched)
+        # 5. box loss over positives
+        pred, target = box_regression_pair(
+            self.bbox_coder, flatten_levels(bbox_preds, self.bbox_coder.encode_size), anchors,
+            targets, self.reg_decoded_bbox)
+        loss_bbox = box_level_losses(self.loss_bbox, pred, target, targets.gt_inds > 0,
+                                     level_sizes, avg_factor, batched=self._box_batched)
         return loss_cls, loss_bbox, targets.bad_gts
-
-    def _cls_loss(self, flat_cls: Tensor, targets: BatchTargets, level_sizes: List[int],
-                  avg_factor: Tensor) -> Tensor:
-        """``loss_cls`` of each level.
-
-        Args:
-            flat_cls (Tensor): ``(B, S, K)`` logits, levels in order.
-            targets (BatchTargets): the batch's targets.
-            level_sizes (List[int]): anchors per level, summing to ``S``.
-            avg_factor (Tensor): the normaliser.
-
-        Returns:
-            Tensor: ``(L,)``.
-        """
-        args = (flat_cls, targets.labels, targets.label_weights)
-        if self._cls_segments:  # per-level partial sums of one fused pass
-            return self.loss_cls(*(t.flatten(0, 1) for t in args), avg_factor=avg_factor,
-                                 segments=level_sizes)
-        if self._cls_batched:
-            loss = self.loss_cls(*(t.flatten(0, 1) for t in args), reduction_override='none')
-            return level_sums(loss.reshape(flat_cls.shape), level_sizes) / (avg_factor + AVG_EPS)
-        return torch.stack([
-            self.loss_cls(*(t.flatten(0, 1) for t in level), avg_factor=avg_factor)
-            for level in zip(*(t.split(level_sizes, 1) for t in args))])
-
-    def _box_loss(self, flat_box: Tensor, anchors: Tensor, targets: BatchTargets,
-                  level_sizes: List[int], avg_factor: Tensor) -> Tensor:
-        """``loss_bbox`` of each level, computed densely over every anchor with weight 1 on
-        positives and 0 elsewhere (mmdet's ``AnchorHead.loss_by_feat_single``), so that no
-        positive needs gathering.
-
-        Args:
-            flat_box (Tensor): ``(B, S, D)`` predicted deltas, levels in order.
-            anchors (Tensor): ``(S, 4)``.
-            targets (BatchTargets): the batch's targets.
-            level_sizes (List[int]): anchors per level, summing to ``S``.
-            avg_factor (Tensor): the normaliser.
-
-        Returns:
-            Tensor: ``(L,)``.
-        """
-        pos = targets.gt_inds > 0
-        all_anchors = anchors.expand(flat_box.size(0), -1, -1)
-        gt_boxes = assigned_boxes(targets, all_anchors)
-        if self.reg_decoded_bbox:
-            pred, target = decode_boxes(self.bbox_coder, all_anchors, flat_box), gt_boxes
-        else:
-            pred, target = flat_box, encode_boxes(
-                self.bbox_coder, all_anchors.reshape(-1, anchors.size(-1)),
-                gt_boxes.reshape(-1, 4)).view_as(flat_box)
-        if self._box_batched:
-            loss = self.loss_bbox(pred.flatten(0, 1), target.flatten(0, 1),
-                                  reduction_override='none').reshape(pos.shape + (-1,))
-            # a product, as mmdet weighs: a non-finite prediction poisons the loss alike
-            return level_sums(loss * pos[..., None].to(loss.dtype), level_sizes) / \
-                (avg_factor + AVG_EPS)
-        weight = pos[..., None].expand_as(target).to(target.dtype)
-        return torch.stack([
-            self.loss_bbox(*(t.flatten(0, 1) for t in level), avg_factor=avg_factor)
-            for level in zip(*(t.split(level_sizes, 1) for t in (pred, target, weight)))])
 
     # ------------------------------------------------------------------ inference
     def predict_by_feat(self,
@@ -486,63 +365,35 @@ class RetinaNetHead(BaseDenseHead):
                         cfg: Optional[ConfigDict] = None,
                         rescale: bool = False,
                         with_nms: bool = True) -> InstanceList:
-        """Detections of a batch, equal to mmdet's ``BaseDenseHead.predict_by_feat``.
-
-        Per level, for the whole batch: the ``nms_pre`` best (anchor, class) pairs, with a mask
-        of those whose sigmoid score exceeds ``score_thr``; then decode, clip to each
-        ``img_shape``, optional rescale to the original image, ``min_bbox_size`` mask, one
-        class-wise NMS for the whole batch and ``max_per_img`` (the steps are in
-        :mod:`.retina_post_processing`). Shapes are fixed up to the NMS: the host waits for the
-        device twice per batch with mmcv's plain ``nms`` (once without NMS; once more with
-        ``nms_pre <= 0``; image by image for other NMS types such as ``soft_nms``).
+        """Detections of a batch, equal to mmdet's ``BaseDenseHead.predict_by_feat``: the steps
+        of :mod:`.retina_post_processing` for the whole batch, with shapes fixed up to the NMS.
+        The host waits for the device twice per batch with mmcv's plain ``nms`` (once without
+        NMS; once more with ``nms_pre <= 0``; image by image for other NMS types).
 
         Args:
             cls_scores (List[Tensor]): ``[(B, A*K, Hi, Wi)]`` logits.
             bbox_preds (List[Tensor]): ``[(B, A*4, Hi, Wi)]`` deltas.
-            score_factors (List[Tensor], optional): must be None (RetinaNet has no
-                centerness-like factor).
+            score_factors (List[Tensor], optional): must be None (no centerness-like factor).
             batch_img_metas (List[dict], optional): per image ``img_shape`` and, with
                 ``rescale``, ``scale_factor`` ``(w_scale, h_scale)``.
             cfg (ConfigDict, optional): test config; None -> ``self.test_cfg``.
             rescale (bool): map boxes back to the original image size.
-            with_nms (bool): False skips NMS and ``max_per_img`` (e.g. for test-time
-                augmentation).
+            with_nms (bool): False skips NMS and ``max_per_img`` (test-time augmentation).
 
         Returns:
             InstanceList: per image ``bboxes`` ``(N, 4)`` (x1, y1, x2, y2), ``scores`` ``(N,)``
             sorted descending when NMS ran, ``labels`` ``(N,)`` in ``[0, K)``.
         """
         if score_factors is not None:
-            raise ValueError('score_factors must be None for RetinaNetHead')
-        featmap_sizes = self._check_levels(cls_scores, bbox_preds)
-        cfg = copy.deepcopy(self.test_cfg if cfg is None else cfg)
-        score_thr = cfg.get('score_thr', 0)
-        nms_pre = cfg.get('nms_pre', -1)
-        # every pair above score_thr: size each level's top-k by its largest candidate count
-        level_k = [nms_pre] * len(cls_scores) if nms_pre > 0 else \
-            level_candidate_counts(cls_scores, logit_floor(score_thr))
+            raise RetinaConfigError('score_factors must be None for RetinaNetHead')
+        featmap_sizes = check_levels(cls_scores, bbox_preds, self.prior_generator.num_levels)
+        settings = PostProcessSettings.from_cfg(self.test_cfg if cfg is None else cfg)
+        nms_cfg = settings.nms_cfg() if with_nms else None
         _, level_anchors = self.anchor_cache.anchors(featmap_sizes, cls_scores[0].device,
                                                      cls_scores[0].dtype)
-        scores, labels, deltas, anchors = [], [], [], []
-        for cls_score, bbox_pred, level, k in zip(cls_scores, bbox_preds, level_anchors,
-                                                  level_k):
-            sel = select_level_topk(cls_score, self.cls_out_channels, k)
-            level_deltas, level_priors = gather_level(bbox_pred, level, sel.base, sel.pixel)
-            scores.append(sel.scores)
-            labels.append(sel.labels)
-            deltas.append(level_deltas)
-            anchors.append(level_priors)
-        scores, labels = torch.cat(scores, 1), torch.cat(labels, 1)  # (B, M)
-        valid = scores > score_thr  # mmdet's exact test, on the selected pairs
-        bboxes = decode_boxes(self.bbox_coder, torch.cat(anchors, 1), torch.cat(deltas, 1))
-        if getattr(self.bbox_coder, 'clip_border', True):
-            bboxes = clip_boxes(bboxes, image_hw(batch_img_metas, bboxes))
-        if rescale:
-            bboxes = rescale_boxes(bboxes, host_tensor(  # new_tensor would wait on CUDA
-                [m['scale_factor'] for m in batch_img_metas], bboxes.dtype, bboxes.device))
-        min_size = cfg.get('min_bbox_size', -1)
-        if min_size >= 0:
-            valid &= min_size_mask(bboxes, min_size)
-        if not with_nms:
-            return detections_by_image(bboxes, scores, labels, valid)
-        return detections_by_image(bboxes, scores, labels, valid, cfg['nms'], cfg['max_per_img'])
+        candidates = select_candidates(
+            cls_scores, bbox_preds, level_anchors, self.cls_out_channels, self.bbox_coder,
+            settings, level_topk_sizes(cls_scores, settings),
+            image_hw(batch_img_metas, bbox_preds[0]),
+            [m['scale_factor'] for m in batch_img_metas] if rescale else None)
+        return detections_by_image(*candidates, nms_cfg, settings.max_per_img)

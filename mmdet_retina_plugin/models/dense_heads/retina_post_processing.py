@@ -1,9 +1,10 @@
 """Post-processing of an anchor head's outputs for a whole batch, on fixed shapes.
 
 The steps of mmdet's ``BaseDenseHead.predict_by_feat`` (and detectron2's
-``_decode_per_level_predictions``), each usable alone, e.g. by an exporter. Up to the NMS every
-tensor's shape follows from the batch's shapes and the config alone (no ``nonzero``, no
-``.item()``), so the host waits for the device twice per batch, both in step 5:
+``_decode_per_level_predictions``), with the settings of :class:`~.PostProcessSettings`. Up to
+the NMS every tensor's shape follows from the batch's shapes and the settings alone (no
+``nonzero``, no ``.item()``), so the host waits for the device twice per batch, both in step 5.
+Steps 1 to 4 are :func:`select_candidates`, which the ONNX exporter calls too:
 
 1. :func:`select_level_topk`: per level, for the whole batch, the ``min(nms_pre, Hi*Wi*A*K)``
    best (anchor, class) pairs of each image (:func:`topk_rows`), read on the logits in their
@@ -20,13 +21,13 @@ tensor's shape follows from the batch's shapes and the config alone (no ``nonzer
 
 With ``nms_pre <= 0`` (every pair above ``score_thr``) the top-k of step 1 is sized by the
 largest per-image candidate count of each level, one more host read
-(:func:`level_candidate_counts`).
+(:func:`level_topk_sizes`).
 """
 from __future__ import annotations
 
 import math
 from itertools import accumulate
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from mmcv.ops import batched_nms
@@ -39,6 +40,10 @@ from torch import Tensor
 from ..layers.batched_nms import batched_nms_padded
 from ..layers.batched_nms import supports as batched_nms_supports
 from .retina_gts import box_bounds, host_tensor
+from .retina_post_settings import PostProcessSettings
+
+#: ``(logits (B, N), k) -> (values (B, k'), column indices (B, k'))``, descending per row
+TopK = Callable[[Tensor, int], Tuple[Tensor, Tensor]]
 
 # Width of the blocks whose maxima pre-select the top-k (see topk_rows): the first pass reads
 # every logit once, vectorised; the second sorts k blocks of this many.
@@ -73,17 +78,20 @@ def logit_floor(score_thr: float) -> float:
     return math.log(score_thr / (1 - score_thr)) - 1e-3
 
 
-def level_candidate_counts(cls_scores: Sequence[Tensor], floor: float) -> List[int]:
-    """For each level, the largest number of an image's logits above ``floor`` (one host read
-    for all levels).
+def level_topk_sizes(cls_scores: Sequence[Tensor], settings: PostProcessSettings) -> List[int]:
+    """The ``k`` of each level's top-k: ``nms_pre``, or with ``nms_pre <= 0`` the largest
+    number of an image's pairs above ``score_thr`` on the level (one host read for all levels).
 
     Args:
         cls_scores (Sequence[Tensor]): ``[(B, Ab*K, Hi, Wi)]`` logits, any memory layout.
-        floor (float): :func:`logit_floor` of ``score_thr``.
+        settings (PostProcessSettings): the head's test settings.
 
     Returns:
-        List[int]: one count per level.
+        List[int]: one ``k`` per level.
     """
+    if settings.nms_pre > 0:
+        return [settings.nms_pre] * len(cls_scores)
+    floor = logit_floor(settings.score_thr)
     counts = torch.stack([(s.detach() > floor).sum((1, 2, 3)) for s in cls_scores])  # (L, B)
     return counts.amax(1).tolist()
 
@@ -121,7 +129,8 @@ def topk_rows(logits: Tensor, k: int) -> Tuple[Tensor, Tensor]:
     return values, cols.gather(1, picked)
 
 
-def select_level_topk(cls_score: Tensor, num_classes: int, k: int) -> LevelSelection:
+def select_level_topk(cls_score: Tensor, num_classes: int, k: int,
+                      topk: TopK = topk_rows) -> LevelSelection:
     """The ``k`` best (anchor, class) pairs of one level for each image.
 
     Args:
@@ -129,20 +138,24 @@ def select_level_topk(cls_score: Tensor, num_classes: int, k: int) -> LevelSelec
             base anchor ``a``. Read in its memory order, NCHW or channels-last, without a copy.
         num_classes (int): ``K``.
         k (int): pairs kept per image (all ``H*W*Ab*K`` if larger).
+        topk (TopK): the row-wise top-k (the exporter's has a fixed output width).
 
     Returns:
-        LevelSelection: scores, classes and positions of the ``min(k, H*W*Ab*K)`` best pairs.
+        LevelSelection: scores, classes and positions of the best pairs, ``(B, k')`` each
+        (``k' = min(k, H*W*Ab*K)`` with :func:`topk_rows`).
     """
     batch, channels, height, width = cls_score.shape
     logits = cls_score.detach()
     if not logits.is_contiguous() and logits.is_contiguous(memory_format=torch.channels_last):
         # flat index into (H*W, Ab*K): pixel * Ab*K + a*K + k (mmdet's own order)
-        top_logits, flat = topk_rows(logits.permute(0, 2, 3, 1).reshape(batch, -1), k)
+        top_logits, flat = topk(logits.permute(0, 2, 3, 1).reshape(batch, -1), k)
         channel, pixel = flat % channels, flat // channels
     else:
-        # flat index into (Ab*K, H*W): (a*K + k) * H*W + pixel
-        top_logits, flat = topk_rows(logits.reshape(batch, -1), k)
-        channel, pixel = flat // (height * width), flat % (height * width)
+        # flat index into (Ab*K, H*W): (a*K + k) * H*W + pixel; no remainder by H*W, which
+        # the dynamo exporter cannot take of a symbolic size
+        top_logits, flat = topk(logits.reshape(batch, -1), k)
+        channel = flat // (height * width)
+        pixel = flat - channel * (height * width)
     return LevelSelection(top_logits.sigmoid(), channel % num_classes, channel // num_classes,
                           pixel)
 
@@ -237,6 +250,67 @@ def min_size_mask(bboxes: Tensor, min_size: float) -> Tensor:
     """``(B, M)`` bool: width and height both above ``min_size`` (mmdet's ``min_bbox_size``)."""
     return (bboxes[..., 2] - bboxes[..., 0] > min_size) \
         & (bboxes[..., 3] - bboxes[..., 1] > min_size)
+
+
+class Candidates(NamedTuple):
+    """The candidates of a batch before NMS (:func:`select_candidates`).
+
+    Attributes:
+        bboxes (Tensor): ``(B, M, 4)`` x1y1x2y2, clipped to each image.
+        scores (Tensor): ``(B, M)`` sigmoid scores.
+        labels (Tensor): ``(B, M)`` long classes in ``[0, K)``.
+        valid (Tensor): ``(B, M)`` bool, above ``score_thr`` and ``min_bbox_size``.
+    """
+
+    bboxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    valid: Tensor
+
+
+def select_candidates(cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor],
+                      level_anchors: Sequence[Tensor], num_classes: int, bbox_coder: object,
+                      settings: PostProcessSettings, level_k: Sequence[int], img_hw: Tensor,
+                      scale_factors: Optional[Sequence[Sequence[float]]] = None,
+                      topk: TopK = topk_rows) -> Candidates:
+    """Steps 1 to 4 of the module docstring: per-level top-k, gather, decode, clip, rescale and
+    the ``score_thr`` / ``min_bbox_size`` mask, for the whole batch.
+
+    Args:
+        cls_scores (Sequence[Tensor]): ``[(B, Ab*K, Hi, Wi)]`` logits.
+        bbox_preds (Sequence[Tensor]): ``[(B, Ab*D, Hi, Wi)]`` deltas.
+        level_anchors (Sequence[Tensor]): ``[(Hi*Wi*Ab, 4)]`` anchors of each level.
+        num_classes (int): ``K``.
+        bbox_coder (object): decodes the deltas; its ``clip_border`` (default True) clips.
+        settings (PostProcessSettings): ``score_thr`` and ``min_bbox_size``.
+        level_k (Sequence[int]): pairs kept per level and image (:func:`level_topk_sizes`).
+        img_hw (Tensor): ``(B, 2)`` image ``(h, w)`` (``img_shape``), any dtype.
+        scale_factors (Sequence[Sequence[float]], optional): per image ``(w_scale, h_scale)``:
+            map the boxes back to the original images before the size mask (mmdet's
+            ``rescale``); None keeps input pixels.
+        topk (TopK): the row-wise top-k of :func:`select_level_topk`.
+
+    Returns:
+        Candidates: ``M = sum`` of the levels' ``k'``.
+    """
+    scores, labels, deltas, anchors = [], [], [], []
+    for cls_score, bbox_pred, level, k in zip(cls_scores, bbox_preds, level_anchors, level_k):
+        sel = select_level_topk(cls_score, num_classes, k, topk)
+        level_deltas, level_priors = gather_level(bbox_pred, level, sel.base, sel.pixel)
+        scores.append(sel.scores)
+        labels.append(sel.labels)
+        deltas.append(level_deltas)
+        anchors.append(level_priors)
+    scores, labels = torch.cat(scores, 1), torch.cat(labels, 1)  # (B, M)
+    valid = scores > settings.score_thr  # mmdet's exact test, on the selected pairs
+    bboxes = decode_boxes(bbox_coder, torch.cat(anchors, 1), torch.cat(deltas, 1))
+    if getattr(bbox_coder, 'clip_border', True):
+        bboxes = clip_boxes(bboxes, img_hw.to(bboxes.dtype))
+    if scale_factors is not None:  # new_tensor would wait on CUDA
+        bboxes = rescale_boxes(bboxes, host_tensor(scale_factors, bboxes.dtype, bboxes.device))
+    if settings.min_bbox_size >= 0:
+        valid = valid & min_size_mask(bboxes, settings.min_bbox_size)
+    return Candidates(bboxes, scores, labels, valid)
 
 
 def detections_by_image(bboxes: Tensor, scores: Tensor, labels: Tensor, valid: Tensor,

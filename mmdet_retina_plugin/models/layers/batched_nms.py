@@ -6,11 +6,11 @@ its greedy kernel keeps boxes by descending score and drops every later box whos
 kept one exceeds the threshold. Here the candidates of all images arrive as one ``(B, M)`` table
 with a validity mask and are resolved together, with two host synchronisations in all:
 
-1. boxes are shifted exactly as mmcv shifts them, per image (:func:`class_offset_boxes`), so
-   every IoU below is bitwise the one mmcv's kernel computes: the same fp32 operations in the
-   same order, ``inter / union > thr`` as its CPU kernel, ``inter > thr * union`` as its CUDA
-   kernel. Images are kept apart by grouping, not by another shift, which would change the
-   rounding;
+1. boxes are shifted exactly as mmcv shifts them, per image (:func:`class_offset_boxes`, which
+   the exported ONNX graph uses too), so every IoU below is bitwise the one mmcv's kernel
+   computes: the same fp32 operations in the same order, ``inter / union > thr`` as its CPU
+   kernel, ``inter > thr * union`` as its CUDA kernel. Images are kept apart by grouping, not by
+   another shift, which would change the rounding;
 2. the valid candidates are sorted by (image, class, descending score); **one host read** gives
    their number and the size of the largest (image, class) group;
 3. greedy suppression runs in rounds over all groups at once: in each round the best undecided
@@ -38,8 +38,10 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ...utils.errors import RetinaConfigError
+
 # nms_cfg keys this implementation honours; any other key (or another ``type``) makes the
-# caller fall back to mmcv's ``batched_nms`` image by image.
+# head fall back to mmcv's ``batched_nms`` image by image, and the exporter refuse the config.
 SUPPORTED_KEYS = frozenset({'type', 'iou_threshold', 'class_agnostic', 'split_thr', 'offset'})
 # Without max_per_img, the rounds stop early: a host read every this many rounds
 _CHECK_EVERY = 16
@@ -228,8 +230,8 @@ def batched_nms_padded(boxes: Tensor, scores: Tensor, labels: Tensor, valid: Ten
         ints summing to ``S``).
     """
     if not supports(nms_cfg):
-        raise ValueError(f'nms_cfg must be mmcv\'s plain nms with keys in '
-                         f'{sorted(SUPPORTED_KEYS)}, got {nms_cfg}')
+        raise RetinaConfigError(f"nms_cfg must be mmcv's plain nms with keys in "
+                                f'{sorted(SUPPORTED_KEYS)} and offset 0 or 1, got {nms_cfg}')
     batch, num = scores.shape
     if batch * num == 0:
         return labels.new_zeros(0), [0] * batch

@@ -1,6 +1,6 @@
-"""Post-processing on fixed shapes: the block top-k, and detections equal to mmdet's RetinaHead
+"""Post-processing on fixed shapes: the block top-k, detections equal to mmdet's RetinaHead
 for the configs that change the shapes (nms_pre <= 0 or above a level's size, score_thr 0, no
-candidate at all)."""
+candidate at all), and the parsed test_cfg."""
 import pytest
 import torch
 from head_pairs import (
@@ -14,6 +14,8 @@ from head_pairs import (
 from mmengine.config import ConfigDict
 
 from mmdet_retina_plugin.models.dense_heads import retina_post_processing as post
+from mmdet_retina_plugin.models.dense_heads.retina_post_settings import PostProcessSettings
+from mmdet_retina_plugin.utils.errors import RetinaConfigError
 
 
 @pytest.mark.parametrize('num,k', [
@@ -107,3 +109,37 @@ def test_delta_xywh_decode_equals_mmdet_bitwise(coder_cfg, dtype):
     assert torch.equal(got.flatten(0, 1), getattr(expected, 'tensor', expected))
     assert torch.equal(post.delta_xywh_decode(coder, anchors[0, :0], deltas[0, :0]),
                        deltas[0, :0])
+
+
+def test_settings_defaults_are_mmdets():
+    settings = PostProcessSettings.from_cfg(dict(nms=dict(type='nms', iou_threshold=0.6)))
+    assert settings == PostProcessSettings(score_thr=0.0, nms_pre=-1, min_bbox_size=-1.0,
+                                           nms=dict(type='nms', iou_threshold=0.6),
+                                           max_per_img=None)
+    assert PostProcessSettings.from_cfg(None).nms is None
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(score_thr='0.05'), 'test_cfg.score_thr must be a number'),
+    (dict(nms_pre=1000.0), 'test_cfg.nms_pre must be an int'),
+    (dict(min_bbox_size=None), 'test_cfg.min_bbox_size must be a number'),
+    (dict(max_per_img=True), 'test_cfg.max_per_img must be an int'),
+    (dict(nms=0.5), 'test_cfg.nms must be an mmcv batched_nms config'),
+    (dict(nms=dict(type='nms', iou_threshold=1.5)), r'test_cfg.nms.iou_threshold .* \[0, 1\]'),
+    (dict(nms=dict(type='nms')), 'test_cfg.nms.iou_threshold'),
+])
+def test_bad_test_cfg_fails_at_build_naming_the_field(change, message):
+    with pytest.raises(RetinaConfigError, match=message):
+        build_pair(test=change)
+
+
+def test_nms_without_nms_cfg_names_the_field():
+    _, ours = build_pair()
+    cls, box = random_maps()
+    cfg = ConfigDict(TEST_CFG)
+    cfg.pop('nms')
+    with pytest.raises(RetinaConfigError, match='test_cfg.nms is required'):
+        ours.predict_by_feat(cls, box, batch_img_metas=METAS, cfg=cfg)
+    # without NMS it is not needed
+    assert len(ours.predict_by_feat(cls, box, batch_img_metas=METAS, cfg=cfg,
+                                    with_nms=False)) == 2

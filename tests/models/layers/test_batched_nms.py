@@ -7,6 +7,7 @@ from mmcv.ops import batched_nms
 
 from mmdet_retina_plugin.models.layers import batched_nms as bn
 from mmdet_retina_plugin.models.layers.batched_nms import batched_nms_padded
+from mmdet_retina_plugin.utils.errors import RetinaConfigError
 
 # on CUDA, ours runs the Triton kernel and mmcv its CUDA kernel (which tests IoU by multiplying)
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
@@ -162,7 +163,8 @@ def test_class_offsets_use_only_valid_candidates():
 def test_unsupported_config_is_refused():
     assert not bn.supports(dict(type='soft_nms', iou_threshold=0.5))
     assert not bn.supports(dict(type='nms', iou_threshold=0.5, max_num=10))
-    with pytest.raises(ValueError, match='nms_cfg'):
+    assert not bn.supports(dict(type='nms', iou_threshold=0.5, offset=2))
+    with pytest.raises(RetinaConfigError, match='nms_cfg'):
         batched_nms_padded(torch.zeros(1, 1, 4), torch.zeros(1, 1),
                            torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool),
                            dict(type='soft_nms', iou_threshold=0.5))
