@@ -1,13 +1,9 @@
-"""RetinaNet's dense head with batched training targets and batched post-processing.
+"""RetinaNet's dense head: the class and box subnets shared across pyramid levels, and the
+prior that starts every anchor at a foreground score of ~0.01 (the paper, section 4.1).
 
-mmdet's ``AnchorHead`` builds targets image by image and level by level (one assigner call,
-five focal-loss calls and five box-loss calls per batch), and post-processes image by image.
-This head flattens the levels once and works on the whole batch: one assignment (through the
-assigner's ``assign_batch`` when it has one), one focal-loss call over ``B * sum(Hi*Wi*A)``
-anchors with per-level partial sums, one dense box-loss call over all anchors (weight 1 on
-positives), without host syncs and with shapes fixed by the batch's shapes and its largest gt
-count; a batched top-k / decode / score filter and one class-wise NMS over the whole batch
-(:mod:`.retina_post_processing`). Losses and detections equal mmdet's ``RetinaHead``.
+The training half (targets and losses for the whole batch at once) is in
+:mod:`.retina_head_loss`, the inference half (batched post-processing, one NMS for the batch)
+in :mod:`.retina_head_predict`. Losses and detections equal mmdet's ``RetinaHead``.
 """
 from __future__ import annotations
 
@@ -20,37 +16,25 @@ import torch.nn as nn
 from mmcv.cnn import ConvModule
 from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
 from mmdet.registry import MODELS, TASK_UTILS
-from mmdet.utils import ConfigType, InstanceList, OptConfigType, OptInstanceList, OptMultiConfig
-from mmengine.config import ConfigDict
+from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 from torch import Tensor
 
-from ...utils.dist_utils import reduce_mean_avg_factor
-from ...utils.errors import RetinaConfigError
 from ..task_modules.prior_generators import AnchorCache
 from .retina_gt_reporter import GtReporter
-from .retina_gts import GtBatch, image_hw, pad_gts
 from .retina_head_checks import (
     check_head_args,
-    check_levels,
     check_sampler,
     check_shared_anchors,
     check_sigmoid_loss,
 )
-from .retina_level_losses import (
-    BATCHED_LOSSES,
-    box_level_losses,
-    box_regression_pair,
-    cls_level_losses,
-    flatten_levels,
-)
-from .retina_loss_reduction import moving_average
-from .retina_post_processing import detections_by_image, level_topk_sizes, select_candidates
+from .retina_head_loss import RetinaHeadLossMixin
+from .retina_head_predict import RetinaHeadPredictMixin
+from .retina_level_losses import BATCHED_LOSSES
 from .retina_post_settings import PostProcessSettings
-from .retina_targets import BatchTargets, batch_targets
 
 
 @MODELS.register_module()
-class RetinaNetHead(BaseDenseHead):
+class RetinaNetHead(RetinaHeadLossMixin, RetinaHeadPredictMixin, BaseDenseHead):
     """RetinaNet head (`arXiv:1708.02002`): a class subnet and a box subnet over each level.
 
     Each subnet is ``stacked_convs`` 3x3 convs of ``feat_channels`` + ReLU (+ optional norm),
@@ -248,152 +232,3 @@ class RetinaNetHead(BaseDenseHead):
         else:
             state_dict.pop(key, None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    # ------------------------------------------------------------------ training
-    def get_batch_targets(self, anchors: Tensor, valid: Tensor,
-                          batch_gt_instances: InstanceList, batch_img_metas: List[dict],
-                          batch_gt_instances_ignore: OptInstanceList = None) -> BatchTargets:
-        """Classification targets of a whole batch with this head's ``train_cfg`` and box
-        coder (see :func:`~.retina_targets.batch_targets`).
-
-        Args:
-            anchors (Tensor): ``(A, 4)`` anchors of all levels (shared by the batch).
-            valid (Tensor): ``(B, A)`` bool, False on each image's padding.
-            batch_gt_instances (InstanceList): per image ``bboxes`` (Gi, 4), ``labels`` (Gi,).
-            batch_img_metas (List[dict]): per image meta with ``img_shape``.
-            batch_gt_instances_ignore (OptInstanceList): per image ignored ``bboxes`` or None.
-
-        Returns:
-            BatchTargets: labels, weights, assignment and normaliser of the batch.
-        """
-        return self._targets(anchors, valid, pad_gts(
-            batch_gt_instances, batch_img_metas, batch_gt_instances_ignore, anchors))
-
-    def _targets(self, anchors: Tensor, valid: Tensor, gts: GtBatch) -> BatchTargets:
-        """:meth:`get_batch_targets` of padded gts."""
-        return batch_targets(self.assigner, anchors, valid, gts, self.num_classes,
-                             allowed_border=self.train_cfg.get('allowed_border', -1),
-                             pos_weight=self.train_cfg.get('pos_weight', -1),
-                             clip_border=getattr(self.bbox_coder, 'clip_border', True))
-
-    def loss_by_feat(self, cls_scores: List[Tensor], bbox_preds: List[Tensor],
-                     batch_gt_instances: InstanceList, batch_img_metas: List[dict],
-                     batch_gt_instances_ignore: OptInstanceList = None) -> dict:
-        """Per-level focal loss over all anchors and box loss over positives, divided by
-        ``avg_factor`` (sum over images of ``max(num_pos_i, 1)``, as mmdet; with
-        ``sync_avg_factor``, its mean over all processes; with ``avg_factor_momentum``, its
-        moving average). The tensor work is :meth:`retina_losses`.
-
-        Gt boxes of width or height <= 0 (inside the image, when the box coder clips) are
-        ignored with a warning naming the image; non-finite gt boxes raise. Both are reported
-        through :attr:`gt_reporter` without waiting for the device: at once for CPU tensors,
-        otherwise as soon as the device has passed the check, at the latest at the next call.
-
-        Args:
-            cls_scores (List[Tensor]): ``[(B, A*K, Hi, Wi)]`` logits.
-            bbox_preds (List[Tensor]): ``[(B, A*4, Hi, Wi)]`` deltas.
-            batch_gt_instances (InstanceList): per image ``bboxes`` ``(Gi, 4)`` (x1, y1, x2, y2,
-                input-image pixels) and ``labels`` ``(Gi,)`` in ``[0, K)``.
-            batch_img_metas (List[dict]): per image meta with ``pad_shape`` and ``img_shape``
-                (``img_id`` / ``img_path`` name the image in warnings and errors).
-            batch_gt_instances_ignore (OptInstanceList): per image ignored ``bboxes`` or None.
-
-        Returns:
-            dict: ``loss_cls`` and ``loss_bbox``, each a list of 0-d tensors, one per level,
-            equal to mmdet's ``RetinaHead``'s.
-
-        Raises:
-            ValueError: a gt box has a NaN or infinite coordinate.
-        """
-        featmap_sizes = check_levels(cls_scores, bbox_preds, self.prior_generator.num_levels)
-        device = cls_scores[0].device
-        # 1. anchors: float32 like mmdet's get_anchors whatever the score dtype; cached by shape
-        anchors, _ = self.anchor_cache.anchors(featmap_sizes, device, torch.float32)
-        valid = self.anchor_cache.valid_flags(
-            featmap_sizes, [m['pad_shape'] for m in batch_img_metas], device)
-        gts = pad_gts(batch_gt_instances, batch_img_metas, batch_gt_instances_ignore, anchors)
-        loss_cls, loss_bbox, bad_gts = self.retina_losses(cls_scores, bbox_preds, anchors,
-                                                          valid, gts)
-        self.gt_reporter.submit(bad_gts, batch_img_metas)
-        return dict(loss_cls=list(loss_cls.unbind(0)), loss_bbox=list(loss_bbox.unbind(0)))
-
-    def retina_losses(self, cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor],
-                      anchors: Tensor, valid: Tensor, gts: GtBatch
-                      ) -> Tuple[Tensor, Tensor, Tensor]:
-        """The tensor core of :meth:`loss_by_feat`: targets, losses and normaliser from
-        tensors only, with shapes fixed by theirs (it compiles whole with ``torch.compile``).
-
-        Args:
-            cls_scores (Sequence[Tensor]): ``[(B, A*K, Hi, Wi)]`` logits.
-            bbox_preds (Sequence[Tensor]): ``[(B, A*4, Hi, Wi)]`` deltas.
-            anchors (Tensor): ``(S, 4)`` anchors of all levels, ``S = sum(Hi*Wi*A)``.
-            valid (Tensor): ``(B, S)`` bool, False on each image's padding.
-            gts (GtBatch): the padded gts (:func:`~.retina_gts.pad_gts`).
-
-        Returns:
-            Tuple[Tensor, Tensor, Tensor]: ``loss_cls`` and ``loss_bbox`` ``(L,)`` per level,
-            and the ``(2, B)`` counts of non-finite and degenerate gts left out.
-        """
-        level_sizes = [s.size(-2) * s.size(-1) * self.num_base_priors for s in cls_scores]
-        # 2. targets: assignment, labels, weights and the positive count
-        targets = self._targets(anchors, valid, gts)
-        # 3. normaliser of both losses: positives per image (>= 1), summed
-        avg_factor = targets.avg_factor
-        if self.sync_avg_factor:
-            avg_factor = reduce_mean_avg_factor(avg_factor)
-        if self.avg_factor_momentum is not None:
-            avg_factor = moving_average(self.avg_factor_ema, avg_factor,
-                                        self.avg_factor_momentum, update=self.training)
-        # 4. classification loss over all anchors
-        loss_cls = cls_level_losses(
-            self.loss_cls, flatten_levels(cls_scores, self.cls_out_channels), targets,
-            level_sizes, avg_factor, segments=self._cls_segments, batched=self._cls_batched)
-        # 5. box loss over positives
-        pred, target = box_regression_pair(
-            self.bbox_coder, flatten_levels(bbox_preds, self.bbox_coder.encode_size), anchors,
-            targets, self.reg_decoded_bbox)
-        loss_bbox = box_level_losses(self.loss_bbox, pred, target, targets.gt_inds > 0,
-                                     level_sizes, avg_factor, batched=self._box_batched)
-        return loss_cls, loss_bbox, targets.bad_gts
-
-    # ------------------------------------------------------------------ inference
-    def predict_by_feat(self,
-                        cls_scores: List[Tensor],
-                        bbox_preds: List[Tensor],
-                        score_factors: Optional[List[Tensor]] = None,
-                        batch_img_metas: Optional[List[dict]] = None,
-                        cfg: Optional[ConfigDict] = None,
-                        rescale: bool = False,
-                        with_nms: bool = True) -> InstanceList:
-        """Detections of a batch, equal to mmdet's ``BaseDenseHead.predict_by_feat``: the steps
-        of :mod:`.retina_post_processing` for the whole batch, with shapes fixed up to the NMS.
-        The host waits for the device twice per batch with mmcv's plain ``nms`` (once without
-        NMS; once more with ``nms_pre <= 0``; image by image for other NMS types).
-
-        Args:
-            cls_scores (List[Tensor]): ``[(B, A*K, Hi, Wi)]`` logits.
-            bbox_preds (List[Tensor]): ``[(B, A*4, Hi, Wi)]`` deltas.
-            score_factors (List[Tensor], optional): must be None (no centerness-like factor).
-            batch_img_metas (List[dict], optional): per image ``img_shape`` and, with
-                ``rescale``, ``scale_factor`` ``(w_scale, h_scale)``.
-            cfg (ConfigDict, optional): test config; None -> ``self.test_cfg``.
-            rescale (bool): map boxes back to the original image size.
-            with_nms (bool): False skips NMS and ``max_per_img`` (test-time augmentation).
-
-        Returns:
-            InstanceList: per image ``bboxes`` ``(N, 4)`` (x1, y1, x2, y2), ``scores`` ``(N,)``
-            sorted descending when NMS ran, ``labels`` ``(N,)`` in ``[0, K)``.
-        """
-        if score_factors is not None:
-            raise RetinaConfigError('score_factors must be None for RetinaNetHead')
-        featmap_sizes = check_levels(cls_scores, bbox_preds, self.prior_generator.num_levels)
-        settings = PostProcessSettings.from_cfg(self.test_cfg if cfg is None else cfg)
-        nms_cfg = settings.nms_cfg() if with_nms else None
-        _, level_anchors = self.anchor_cache.anchors(featmap_sizes, cls_scores[0].device,
-                                                     cls_scores[0].dtype)
-        candidates = select_candidates(
-            cls_scores, bbox_preds, level_anchors, self.cls_out_channels, self.bbox_coder,
-            settings, level_topk_sizes(cls_scores, settings),
-            image_hw(batch_img_metas, bbox_preds[0]),
-            [m['scale_factor'] for m in batch_img_metas] if rescale else None)
-        return detections_by_image(*candidates, nms_cfg, settings.max_per_img)

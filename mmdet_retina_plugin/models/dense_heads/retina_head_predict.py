@@ -1,0 +1,64 @@
+"""RetinaNetHead's inference half: the post-processing steps of
+:mod:`.retina_post_processing` for the whole batch, with shapes fixed up to one class-wise NMS.
+Detections equal mmdet's ``BaseDenseHead.predict_by_feat``.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+from mmdet.utils import InstanceList
+from mmengine.config import ConfigDict
+from torch import Tensor
+
+from ...utils.errors import RetinaConfigError
+from .retina_gts import image_hw
+from .retina_head_checks import check_levels
+from .retina_post_processing import detections_by_image, level_topk_sizes, select_candidates
+from .retina_post_settings import PostProcessSettings
+
+
+class RetinaHeadPredictMixin:
+    """``predict_by_feat`` of :class:`~.retina_net_head.RetinaNetHead`, which sets the
+    attributes read here (``test_cfg``, ``anchor_cache``, ``prior_generator``, ``bbox_coder``,
+    ``cls_out_channels``)."""
+
+    def predict_by_feat(self,
+                        cls_scores: List[Tensor],
+                        bbox_preds: List[Tensor],
+                        score_factors: Optional[List[Tensor]] = None,
+                        batch_img_metas: Optional[List[dict]] = None,
+                        cfg: Optional[ConfigDict] = None,
+                        rescale: bool = False,
+                        with_nms: bool = True) -> InstanceList:
+        """Detections of a batch, equal to mmdet's ``BaseDenseHead.predict_by_feat``: the steps
+        of :mod:`.retina_post_processing` for the whole batch, with shapes fixed up to the NMS.
+        The host waits for the device twice per batch with mmcv's plain ``nms`` (once without
+        NMS; once more with ``nms_pre <= 0``; image by image for other NMS types).
+
+        Args:
+            cls_scores (List[Tensor]): ``[(B, A*K, Hi, Wi)]`` logits.
+            bbox_preds (List[Tensor]): ``[(B, A*4, Hi, Wi)]`` deltas.
+            score_factors (List[Tensor], optional): must be None (no centerness-like factor).
+            batch_img_metas (List[dict], optional): per image ``img_shape`` and, with
+                ``rescale``, ``scale_factor`` ``(w_scale, h_scale)``.
+            cfg (ConfigDict, optional): test config; None -> ``self.test_cfg``.
+            rescale (bool): map boxes back to the original image size.
+            with_nms (bool): False skips NMS and ``max_per_img`` (test-time augmentation).
+
+        Returns:
+            InstanceList: per image ``bboxes`` ``(N, 4)`` (x1, y1, x2, y2), ``scores`` ``(N,)``
+            sorted descending when NMS ran, ``labels`` ``(N,)`` in ``[0, K)``.
+        """
+        if score_factors is not None:
+            raise RetinaConfigError('score_factors must be None for RetinaNetHead')
+        featmap_sizes = check_levels(cls_scores, bbox_preds, self.prior_generator.num_levels)
+        settings = PostProcessSettings.from_cfg(self.test_cfg if cfg is None else cfg)
+        nms_cfg = settings.nms_cfg() if with_nms else None
+        _, level_anchors = self.anchor_cache.anchors(featmap_sizes, cls_scores[0].device,
+                                                     cls_scores[0].dtype)
+        candidates = select_candidates(
+            cls_scores, bbox_preds, level_anchors, self.cls_out_channels, self.bbox_coder,
+            settings, level_topk_sizes(cls_scores, settings),
+            image_hw(batch_img_metas, bbox_preds[0]),
+            [m['scale_factor'] for m in batch_img_metas] if rescale else None)
+        return detections_by_image(*candidates, nms_cfg, settings.max_per_img)
