@@ -32,13 +32,13 @@ with an unspecified order for ties, so only exactly tied scores can differ.
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from ...utils.errors import RetinaConfigError
+from ...utils.triton_device import on_triton_device
 
 # nms_cfg keys this implementation honours; any other key (or another ``type``) makes the
 # head fall back to mmcv's ``batched_nms`` image by image, and the exporter refuse the config.
@@ -152,10 +152,10 @@ def _greedy_rounds(boxes: Tensor, segment: Tensor, rounds: int, iou_threshold: f
 
 
 def _host_kernel(boxes: Tensor) -> bool:
-    """Whether the greedy scan runs as mmcv's CPU kernel (CPU tensors, Triton not
-    interpreted): on the CPU reading the host costs nothing and each small op's overhead is
+    """Whether the greedy scan runs as mmcv's CPU kernel: CPU tensors outside Triton's
+    interpreter. On the CPU reading the host costs nothing and each small op's overhead is
     what counts, so one compiled scan per image beats a few hundred tensor ops per round."""
-    return boxes.device.type == 'cpu' and os.environ.get('TRITON_INTERPRET', '0') != '1'
+    return boxes.device.type == 'cpu' and not on_triton_device(boxes)
 
 
 def _greedy_mmcv_cpu(boxes: Tensor, scores: Tensor, image_counts: List[int],
@@ -185,14 +185,32 @@ def _greedy_mmcv_cpu(boxes: Tensor, scores: Tensor, image_counts: List[int],
     return kept
 
 
-def _greedy(boxes: Tensor, segment: Tensor, rounds: int, iou_threshold: float,
-            offset: int, stop_early: bool) -> Tensor:
-    """:func:`_greedy_rounds`, or its Triton kernel (one launch) for CUDA tensors where Triton
-    imports (and on the CPU under Triton's interpreter, ``TRITON_INTERPRET=1``, for tests).
-    mmcv's kernels differ in their IoU test: ``nms_cpu`` divides, ``nms_cuda`` multiplies the
-    threshold; each device follows its own."""
+def _greedy(boxes: Tensor, scores: Tensor, segment: Tensor, image_counts: List[int],
+            rounds: int, iou_threshold: float, offset: int, stop_early: bool) -> Tensor:
+    """The greedy scan over the sorted candidates, on the device's fastest path, chosen here
+    alone: mmcv's CPU kernel per image for CPU tensors (:func:`_host_kernel`); where Triton
+    kernels run (CUDA, or the CPU under Triton's interpreter for tests), one launch of
+    ``_triton_nms.py``; else, or without Triton, :func:`_greedy_rounds`. mmcv's kernels differ
+    in their IoU test: ``nms_cpu`` divides, ``nms_cuda`` multiplies the threshold; each device
+    follows its own.
+
+    Args:
+        boxes (Tensor): ``(D, 4)`` fp32 shifted boxes, by group then descending score.
+        scores (Tensor): ``(D,)`` their scores.
+        segment (Tensor): ``(D,)`` long group index of each box (see :func:`_greedy_rounds`).
+        image_counts (List[int]): boxes of each image, summing to ``D``.
+        rounds (int): greedy rounds that decide every box that can be returned.
+        iou_threshold (float): a box is dropped when its IoU with a kept one exceeds this.
+        offset (int): mmcv's pixel offset (0 or 1).
+        stop_early (bool): see :func:`_greedy_rounds`.
+
+    Returns:
+        Tensor: ``(D,)`` bool, True for kept boxes.
+    """
+    if _host_kernel(boxes):
+        return _greedy_mmcv_cpu(boxes, scores.float(), image_counts, iou_threshold, offset)
     args = (boxes, segment, rounds, iou_threshold, offset, boxes.is_cuda)
-    if boxes.is_cuda or os.environ.get('TRITON_INTERPRET', '0') == '1':
+    if on_triton_device(boxes):
         try:
             from ._triton_nms import greedy_triton
         except ImportError:  # no Triton: the pure-tensor rounds
@@ -253,13 +271,9 @@ def batched_nms_padded(boxes: Tensor, scores: Tensor, labels: Tensor, valid: Ten
     bounded = max_per_img is not None and max_per_img > 0
     rounds = min(largest, max_per_img) if bounded else largest
     order = order[:num_valid]
-    thr, offset = float(nms_cfg['iou_threshold']), int(nms_cfg.get('offset', 0))
-    if _host_kernel(boxes):
-        kept = _greedy_mmcv_cpu(boxes.flatten(0, 1)[order], scores.flatten()[order].float(),
-                                valid_counts, thr, offset)
-    else:
-        kept = _greedy(boxes.flatten(0, 1)[order], segment[:num_valid], rounds, thr, offset,
-                       stop_early=not bounded)
+    kept = _greedy(boxes.flatten(0, 1)[order], scores.flatten()[order], segment[:num_valid],
+                   valid_counts, rounds, float(nms_cfg['iou_threshold']),
+                   int(nms_cfg.get('offset', 0)), stop_early=not bounded)
     # per image (the valid candidates of image i are the i-th run of valid_counts): kept boxes
     # first, by descending score, ties by index; three stable sorts, least significant first
     by_index = order.argsort()

@@ -13,13 +13,13 @@ Every backend takes the same arguments and returns the same scaled loss and grad
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from ...utils.triton_device import on_triton_device
 from .focal_eager import Pair, dense_chunked, dense_pass, eager_loss
 
 
@@ -34,16 +34,6 @@ def is_compiling() -> bool:
         if fn is not None:
             return bool(fn())
     return False
-
-
-def triton_interpreted() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter (read when called, as Triton does)."""
-    return os.environ.get('TRITON_INTERPRET', '0') == '1'
-
-
-def on_triton_device(t: Tensor) -> bool:
-    """Whether Triton kernels can run on ``t``'s device (CUDA, or the CPU when interpreted)."""
-    return t.is_cuda or (t.device.type == 'cpu' and triton_interpreted())
 
 
 class FocalBackends:
