@@ -80,11 +80,19 @@ def image_hw(batch_img_metas: Sequence[dict], like: Tensor) -> Tensor:
     return host_tensor([m['img_shape'][:2] for m in batch_img_metas], like.dtype, like.device)
 
 
-def box_bounds(img_hw: Tensor) -> Tensor:
-    """``(B, 1, 4)`` upper bounds ``(w, h, w, h)`` of x1y1x2y2 boxes per image, from ``(B, 2)``
-    ``(h, w)``; by flip and repeat, as indexing with a list would copy the index to the device
-    from pageable memory and wait for the CUDA stream."""
-    return img_hw.flip(-1).repeat(1, 2)[:, None]
+def clip_boxes(bboxes: Tensor, img_hw: Tensor) -> Tensor:
+    """Clips ``(B, M, 4)`` x1y1x2y2 boxes to ``[0, w] x [0, h]`` of each image.
+
+    Args:
+        bboxes (Tensor): ``(B, M, 4)``.
+        img_hw (Tensor): ``(B, 2)`` image ``(h, w)``.
+
+    Returns:
+        Tensor: ``(B, M, 4)``.
+    """
+    # upper bounds (w, h, w, h) by flip and repeat: indexing with a list would copy the index
+    # to the device from pageable memory and wait for the CUDA stream
+    return bboxes.clamp(min=bboxes.new_zeros(1), max=img_hw.flip(-1).repeat(1, 2)[:, None])
 
 
 def pad_gts(batch_gt_instances: InstanceList, batch_img_metas: Sequence[dict],
@@ -135,11 +143,7 @@ def check_gts(gt_bboxes: Tensor, gt_valid: Tensor, img_hw: Tensor,
     """
     finite = gt_bboxes.isfinite().all(-1)
     boxes = torch.where(finite[..., None], gt_bboxes, 0.0)
-    if clip_border:
-        hi = box_bounds(img_hw)
-        boxes_seen = torch.minimum(boxes.clamp(min=0), hi)
-    else:
-        boxes_seen = boxes
+    boxes_seen = clip_boxes(boxes, img_hw) if clip_border else boxes
     positive = (boxes_seen[..., 2:] > boxes_seen[..., :2]).all(-1)
     usable = gt_valid & finite & positive
     counts = torch.stack([(gt_valid & ~finite).sum(1), (gt_valid & finite & ~positive).sum(1)])

@@ -21,9 +21,9 @@ from torch import Tensor
 
 from ..losses import RetinaFocalLoss, RetinaHardNegativeCELoss
 from ..losses.focal_eager import AVG_EPS
+from .retina_box_coding import decode_boxes, encode_boxes
 from .retina_loss_reduction import level_sums
-from .retina_post_processing import decode_boxes
-from .retina_targets import BatchTargets, assigned_boxes, encode_boxes
+from .retina_targets import BatchTargets, assigned_boxes
 
 #: Losses whose value is a sum over anchors (positives for box losses) divided by
 #: ``avg_factor``: one call over the batch with ``reduction_override='none'``, summed per level,

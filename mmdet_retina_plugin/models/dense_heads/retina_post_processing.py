@@ -31,15 +31,14 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from mmcv.ops import batched_nms
-from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
-from mmdet.structures.bbox import get_box_tensor
 from mmdet.utils import InstanceList
 from mmengine.structures import InstanceData
 from torch import Tensor
 
 from ..layers.batched_nms import batched_nms_padded
 from ..layers.batched_nms import supports as batched_nms_supports
-from .retina_gts import box_bounds, host_tensor
+from .retina_box_coding import decode_boxes
+from .retina_gts import clip_boxes, host_tensor
 from .retina_post_settings import PostProcessSettings
 
 #: ``(logits (B, N), k) -> (values (B, k'), column indices (B, k'))``, descending per row
@@ -48,8 +47,6 @@ TopK = Callable[[Tensor, int], Tuple[Tensor, Tensor]]
 # Width of the blocks whose maxima pre-select the top-k (see topk_rows): the first pass reads
 # every logit once, vectorised; the second sorts k blocks of this many.
 _BLOCK = 64
-# DeltaXYWHBBoxCoder.decode's default bound on dw, dh: |log(16 / 1000)|
-_WH_RATIO_CLIP = 16 / 1000
 
 
 class LevelSelection(NamedTuple):
@@ -180,64 +177,6 @@ def gather_level(bbox_pred: Tensor, anchors: Tensor, base: Tensor,
     batch_idx = torch.arange(batch, device=pixel.device)[:, None]
     return (deltas[batch_idx, base, :, pixel // width, pixel % width],
             anchors[pixel * num_base + base])
-
-
-def decode_boxes(bbox_coder: object, anchors: Tensor, deltas: Tensor) -> Tensor:
-    """Decodes ``(B, M, D)`` deltas on ``(B, M, 4)`` anchors into ``(B, M, 4)`` x1y1x2y2 boxes
-    as ``bbox_coder.decode`` does (no clipping: see :func:`clip_boxes`); for mmdet's
-    ``DeltaXYWHBBoxCoder`` without a host sync (:func:`delta_xywh_decode`)."""
-    flat_anchors = anchors.reshape(-1, anchors.size(-1))
-    flat_deltas = deltas.reshape(-1, deltas.size(-1))
-    if type(bbox_coder) is DeltaXYWHBBoxCoder and not torch.onnx.is_in_onnx_export():
-        boxes = delta_xywh_decode(bbox_coder, flat_anchors, flat_deltas)
-    else:
-        boxes = get_box_tensor(bbox_coder.decode(flat_anchors, flat_deltas))
-    return boxes.reshape(anchors.size(0), -1, 4)
-
-
-def delta_xywh_decode(bbox_coder: DeltaXYWHBBoxCoder, anchors: Tensor, deltas: Tensor) -> Tensor:
-    """mmdet's ``delta2bbox`` (``DeltaXYWHBBoxCoder.decode`` without ``max_shape``): the same
-    operations in the same order, so the same values, but the means and stds are queued from
-    pinned memory; mmdet builds them with ``new_tensor``, a copy from pageable memory that
-    waits for the whole CUDA stream, twice per call.
-
-    Args:
-        bbox_coder (DeltaXYWHBBoxCoder): gives ``means``, ``stds``, ``add_ctr_clamp``,
-            ``ctr_clamp``.
-        anchors (Tensor): ``(N, 4)`` x1y1x2y2.
-        deltas (Tensor): ``(N, 4)`` (dx, dy, dw, dh).
-
-    Returns:
-        Tensor: ``(N, 4)`` x1y1x2y2 boxes in ``deltas``' dtype.
-    """
-    if deltas.size(0) == 0:
-        return deltas
-    means, stds = (host_tensor(v, deltas.dtype, deltas.device).view(1, -1)
-                   for v in (bbox_coder.means, bbox_coder.stds))
-    denorm = deltas * stds + means
-    dxy, dwh = denorm[:, :2], denorm[:, 2:]
-    pxy = (anchors[:, :2] + anchors[:, 2:]) * 0.5
-    pwh = anchors[:, 2:] - anchors[:, :2]
-    dxy_wh = pwh * dxy
-    max_ratio = abs(math.log(_WH_RATIO_CLIP))
-    if bbox_coder.add_ctr_clamp:
-        dxy_wh = torch.clamp(dxy_wh, max=bbox_coder.ctr_clamp, min=-bbox_coder.ctr_clamp)
-        dwh = torch.clamp(dwh, max=max_ratio)
-    else:
-        dwh = dwh.clamp(min=-max_ratio, max=max_ratio)
-    gxy = pxy + dxy_wh
-    gwh = pwh * dwh.exp()
-    return torch.cat([gxy - gwh * 0.5, gxy + gwh * 0.5], dim=-1)
-
-
-def clip_boxes(bboxes: Tensor, img_hw: Tensor) -> Tensor:
-    """Clips ``(B, M, 4)`` x1y1x2y2 boxes to ``[0, w] x [0, h]`` of each image.
-
-    Args:
-        bboxes (Tensor): ``(B, M, 4)``.
-        img_hw (Tensor): ``(B, 2)`` image ``(h, w)``.
-    """
-    return bboxes.clamp(min=bboxes.new_zeros(1), max=box_bounds(img_hw))
 
 
 def rescale_boxes(bboxes: Tensor, scale_factors: Tensor) -> Tensor:

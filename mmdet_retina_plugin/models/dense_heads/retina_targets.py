@@ -1,5 +1,6 @@
 """Training targets of a whole batch for an anchor head: labels and weights from the
-assignment, the loss normaliser, and each anchor's box target.
+assignment, the loss normaliser, and each anchor's assigned gt box (its regression target
+is :func:`~.retina_box_coding.encode_boxes` of it).
 
 Everything works on ``(B, A)`` tensors over the anchors of all levels (``A = sum(Hi*Wi*Ab)``,
 ``Ab`` base anchors per location), with per-image gts padded to ``(B, G, 4)``
@@ -14,11 +15,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
 from torch import Tensor
 
 from .retina_assignment import assign_anchors, inside_border
-from .retina_gts import GtBatch, check_gts, host_tensor
+from .retina_gts import GtBatch, check_gts
 
 
 class BatchTargets(NamedTuple):
@@ -107,34 +107,3 @@ def assigned_boxes(targets: BatchTargets, anchors: Tensor) -> Tensor:
         return anchors
     index = (targets.gt_inds - 1).clamp(min=0)[..., None].expand(-1, -1, 4)
     return torch.where(pos, targets.gt_bboxes.gather(1, index), anchors)
-
-
-def encode_boxes(bbox_coder: object, anchors: Tensor, gt_boxes: Tensor) -> Tensor:
-    """``bbox_coder.encode`` of ``(N, 4)`` pairs; for ``DeltaXYWHBBoxCoder`` without a host
-    sync.
-
-    mmdet's ``bbox2delta`` builds its means and stds with ``new_tensor``, a copy from pageable
-    memory that waits for the whole CUDA stream. The same operations in the same order, with
-    the means and stds queued from pinned memory, give the same values without the wait. Other
-    coders are called as they are.
-
-    Args:
-        bbox_coder (object): the head's box coder.
-        anchors (Tensor): ``(N, 4)`` x1y1x2y2 anchors.
-        gt_boxes (Tensor): ``(N, 4)`` x1y1x2y2 target boxes.
-
-    Returns:
-        Tensor: ``(N, encode_size)`` regression targets.
-    """
-    if type(bbox_coder) is not DeltaXYWHBBoxCoder:
-        return bbox_coder.encode(anchors, gt_boxes)
-    p, g = anchors.float().unbind(-1), gt_boxes.float().unbind(-1)
-    px, py = (p[0] + p[2]) * 0.5, (p[1] + p[3]) * 0.5
-    pw, ph = p[2] - p[0], p[3] - p[1]
-    gx, gy = (g[0] + g[2]) * 0.5, (g[1] + g[3]) * 0.5
-    gw, gh = g[2] - g[0], g[3] - g[1]
-    deltas = torch.stack([(gx - px) / pw, (gy - py) / ph, torch.log(gw / pw),
-                          torch.log(gh / ph)], dim=-1)
-    means, stds = (host_tensor(v, torch.float32, deltas.device)
-                   for v in (bbox_coder.means, bbox_coder.stds))
-    return deltas.sub_(means).div_(stds)

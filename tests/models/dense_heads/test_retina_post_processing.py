@@ -89,28 +89,6 @@ def test_no_candidate_gives_empty_results(with_nms):
         assert r.bboxes.shape == (0, 4) and r.scores.shape == (0,) and r.labels.shape == (0,)
 
 
-@pytest.mark.parametrize('coder_cfg', [
-    dict(),
-    dict(target_means=(0.1, 0.0, -0.1, 0.2), target_stds=(0.1, 0.1, 0.2, 0.2)),
-    dict(add_ctr_clamp=True, ctr_clamp=16),
-])
-@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.float64])
-def test_delta_xywh_decode_equals_mmdet_bitwise(coder_cfg, dtype):
-    from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
-    coder = DeltaXYWHBBoxCoder(**coder_cfg)
-    g = torch.Generator().manual_seed(0)
-    xy = torch.rand(2, 300, 2, generator=g) * 500
-    anchors = torch.cat([xy, xy + torch.rand(2, 300, 2, generator=g) * 200 + 1], -1).to(dtype)
-    # large deltas reach both the wh ratio clip and the centre clamp
-    deltas = (torch.randn(2, 300, 4, generator=g) * 3).to(dtype)
-    expected = coder.decode(anchors.flatten(0, 1), deltas.flatten(0, 1))
-    got = post.decode_boxes(coder, anchors, deltas)
-    assert got.shape == (2, 300, 4) and got.dtype == dtype
-    assert torch.equal(got.flatten(0, 1), getattr(expected, 'tensor', expected))
-    assert torch.equal(post.delta_xywh_decode(coder, anchors[0, :0], deltas[0, :0]),
-                       deltas[0, :0])
-
-
 def test_settings_defaults_are_mmdets():
     settings = PostProcessSettings.from_cfg(dict(nms=dict(type='nms', iou_threshold=0.6)))
     assert settings == PostProcessSettings(score_thr=0.0, nms_pre=-1, min_bbox_size=-1.0,
