@@ -61,10 +61,9 @@ class AnchorOutcomes(NamedTuple):
 def _batched_head_outcomes(head: nn.Module, featmap_sizes: Sequence[Tuple[int, int]],
                            gts: list, ignores: list, metas: List[dict], device: torch.device
                            ) -> AnchorOutcomes:
-    """``RetinaNetHead``: the anchors, valid flags and targets its ``loss_by_feat`` builds."""
-    anchors, level_anchors = head.anchor_cache.anchors(featmap_sizes, device, torch.float32)
-    valid = head.anchor_cache.valid_flags(featmap_sizes, [m['pad_shape'] for m in metas],
-                                          device)
+    """``RetinaNetHead``: the anchors, valid flags and targets its ``loss_by_feat`` builds,
+    by the same calls."""
+    anchors, level_anchors, valid = head.training_anchors(featmap_sizes, metas, device)
     targets = head.get_batch_targets(anchors, valid, gts, metas, ignores)
     pos = targets.gt_inds > 0
     _, pos_anchor = pos.nonzero(as_tuple=True)
@@ -104,7 +103,7 @@ def _mmdet_head_outcomes(head: nn.Module, featmap_sizes: Sequence[Tuple[int, int
 
 
 def _uses_batched_targets(head: nn.Module) -> bool:
-    return hasattr(head, 'anchor_cache') and hasattr(head, 'get_batch_targets')
+    return hasattr(head, 'training_anchors') and hasattr(head, 'get_batch_targets')
 
 
 def _uses_mmdet_targets(head: nn.Module) -> bool:

@@ -34,6 +34,27 @@ class RetinaHeadLossMixin:
     read here (``assigner``, ``train_cfg``, ``bbox_coder``, ``loss_cls``, ``loss_bbox``,
     ``anchor_cache``, ``gt_reporter``, the normaliser options)."""
 
+    def training_anchors(self, featmap_sizes: Sequence[Tuple[int, int]],
+                         batch_img_metas: List[dict], device: torch.device
+                         ) -> Tuple[Tensor, List[Tensor], Tensor]:
+        """The anchors the loss assigns: float32 like mmdet's ``get_anchors`` whatever the
+        score dtype, cached by shape, with each image's valid flags.
+
+        Args:
+            featmap_sizes (Sequence[Tuple[int, int]]): ``(Hi, Wi)`` of each level.
+            batch_img_metas (List[dict]): per image meta with ``pad_shape``.
+            device (torch.device): where the anchors go.
+
+        Returns:
+            Tuple[Tensor, List[Tensor], Tensor]: ``(A, 4)`` anchors of all levels, the
+            ``[(Hi*Wi*Ab, 4)]`` views of each level, and ``(B, A)`` bool, False on each
+            image's padding.
+        """
+        anchors, level_anchors = self.anchor_cache.anchors(featmap_sizes, device, torch.float32)
+        valid = self.anchor_cache.valid_flags(
+            featmap_sizes, [m['pad_shape'] for m in batch_img_metas], device)
+        return anchors, level_anchors, valid
+
     def get_batch_targets(self, anchors: Tensor, valid: Tensor,
                           batch_gt_instances: InstanceList, batch_img_metas: List[dict],
                           batch_gt_instances_ignore: OptInstanceList = None) -> BatchTargets:
@@ -91,10 +112,8 @@ class RetinaHeadLossMixin:
         """
         featmap_sizes = check_levels(cls_scores, bbox_preds, self.prior_generator.num_levels)
         device = cls_scores[0].device
-        # 1. anchors: float32 like mmdet's get_anchors whatever the score dtype; cached by shape
-        anchors, _ = self.anchor_cache.anchors(featmap_sizes, device, torch.float32)
-        valid = self.anchor_cache.valid_flags(
-            featmap_sizes, [m['pad_shape'] for m in batch_img_metas], device)
+        # 1. anchors
+        anchors, _, valid = self.training_anchors(featmap_sizes, batch_img_metas, device)
         gts = pad_gts(batch_gt_instances, batch_img_metas, batch_gt_instances_ignore, anchors)
         loss_cls, loss_bbox, bad_gts = self.retina_losses(cls_scores, bbox_preds, anchors,
                                                           valid, gts)
