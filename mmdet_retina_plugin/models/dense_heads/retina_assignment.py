@@ -13,12 +13,12 @@ to mmdet's ``assign`` on that image's valid gts and valid anchors (``prior_valid
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
-import torch
 from mmengine.structures import InstanceData
 from torch import Tensor
 
+from ..task_modules.assigners.per_image import assign_per_image
 from .retina_gts import GtBatch
 
 
@@ -67,20 +67,18 @@ def assign_anchors(assigner: object, anchors: Tensor, valid: Tensor, gts: GtBatc
             prior_valid=valid, gt_bboxes_ignore=gts.ignore_bboxes,
             ignore_valid=gts.ignore_valid)
         return res.gt_inds, res.labels
-    # Per image, on the valid anchors only like mmdet, scattered back to all anchors. mmdet's
-    # assigners take data-dependent shapes, so this path syncs anyway.
-    gt_inds = valid.new_full(valid.shape, -1, dtype=torch.long)
-    labels = valid.new_full(valid.shape, -1, dtype=torch.long)
-    for i in range(valid.size(0)):
-        kept = gt_usable[i].nonzero().squeeze(1)
-        gt_i = InstanceData(bboxes=gts.bboxes[i, kept], labels=gts.labels[i, kept])
-        ignore = None
-        if gts.ignore_bboxes is not None:
-            ignore = InstanceData(bboxes=gts.ignore_bboxes[i, gts.ignore_valid[i]])
-        res = assigner.assign(InstanceData(priors=anchors[valid[i]]), gt_i, ignore)
-        # back to indices of the image's padded gts: lookup[k] = kept[k - 1] + 1, lookup[0] = 0
-        lookup = torch.cat([kept.new_zeros(1), kept + 1])
-        gt_inds[i, valid[i]] = torch.where(res.gt_inds > 0, lookup[res.gt_inds.clamp(min=0)],
-                                           res.gt_inds)
-        labels[i, valid[i]] = res.labels
-    return gt_inds, labels
+    # Per image, on the valid anchors only like mmdet. mmdet's assigners take data-dependent
+    # shapes, so this path syncs anyway.
+    def assign_image(priors: Tensor, boxes: Tensor, labels: Tensor,
+                     ignore: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        res = assigner.assign(InstanceData(priors=priors),
+                              InstanceData(bboxes=boxes, labels=labels),
+                              None if ignore is None else InstanceData(bboxes=ignore))
+        overlaps = res.max_overlaps  # None from some (PointAssigner); unused here
+        if overlaps is None:
+            overlaps = priors.new_zeros(len(res.gt_inds))
+        return res.gt_inds, overlaps, res.labels
+
+    res = assign_per_image(assign_image, anchors, gts.bboxes, gts.labels, gt_usable, valid,
+                           gts.ignore_bboxes, gts.ignore_valid)
+    return res.gt_inds, res.labels

@@ -20,7 +20,6 @@ import functools
 import math
 from typing import Callable, Mapping, Optional, Sequence, Tuple, Union
 
-import torch
 from mmdet.models.task_modules import AssignResult, BaseAssigner, BboxOverlaps2D
 from mmdet.registry import TASK_UTILS
 from mmdet.structures.bbox import get_box_tensor
@@ -32,6 +31,7 @@ from ....utils.errors import RetinaConfigError
 from .batched_iou import pairwise_overlaps
 from .batched_max_iou import BatchAssignResult, assign_batched
 from .max_iou_rule import MaxIoURule, max_iou_assign
+from .per_image import assign_per_image
 from .perm_repeat import check_perm_repeat_cfg, jitter_repeated_boxes
 
 
@@ -230,8 +230,12 @@ class RetinaIoUAssigner(BaseAssigner):
             BatchAssignResult: ``(B, A)`` ``gt_inds``, ``max_overlaps``, ``labels``.
         """
         if not self.batched_iou or self.perm_repeat_gt_cfg is not None:
-            return self._assign_per_image(priors, gt_bboxes, gt_labels, gt_valid, prior_valid,
-                                          gt_bboxes_ignore, ignore_valid)
+            def assign_image(image_priors: Tensor, boxes: Tensor, labels: Tensor,
+                             ignore: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+                return self._on_assign_device(boxes.size(0), self._assign_image, image_priors,
+                                              boxes, labels, ignore)
+            return assign_per_image(assign_image, priors, gt_bboxes, gt_labels, gt_valid,
+                                    prior_valid, gt_bboxes_ignore, ignore_valid)
         batched = functools.partial(assign_batched, self.rule, chunk_numel=self.chunk_numel)
         return BatchAssignResult(*self._on_assign_device(
             gt_bboxes.size(1), batched, priors, gt_bboxes, gt_labels, gt_valid, prior_valid,
@@ -280,38 +284,3 @@ class RetinaIoUAssigner(BaseAssigner):
                                               **self.perm_repeat_gt_cfg)
         return max_iou_assign(self.rule, priors, gt_bboxes, gt_labels, ignore,
                               _plain_overlaps if self.batched_iou else self.iou_calculator)
-
-    def _assign_per_image(self, priors: Tensor, gt_bboxes: Tensor, gt_labels: Tensor,
-                          gt_valid: Tensor, prior_valid: Optional[Tensor],
-                          gt_bboxes_ignore: Optional[Tensor], ignore_valid: Optional[Tensor]
-                          ) -> BatchAssignResult:
-        """:meth:`assign_batch` by :meth:`_assign_image` on each image's valid gts, valid
-        priors and valid ignore boxes, in image order, scattered back to the padded layout."""
-        num_imgs, num_priors = gt_bboxes.size(0), priors.size(0)
-        if prior_valid is None:
-            prior_valid = gt_valid.new_ones((num_imgs, num_priors))
-        out_gt_inds = priors.new_full((num_imgs, num_priors), -1, dtype=torch.long)
-        out_labels = out_gt_inds.clone()
-        per_image = []
-        for i in range(num_imgs):
-            ignore = None
-            if gt_bboxes_ignore is not None:
-                ignore = gt_bboxes_ignore[i] if ignore_valid is None else \
-                    gt_bboxes_ignore[i, ignore_valid[i]]
-            boxes = gt_bboxes[i, gt_valid[i]]
-            gt_inds, max_overlaps, labels = self._on_assign_device(
-                boxes.size(0), self._assign_image, priors[prior_valid[i]], boxes,
-                gt_labels[i, gt_valid[i]], ignore)
-            # compact gt k (1-based) -> its padded slot + 1; 0 and -1 stay
-            slot = torch.cat([gt_inds.new_tensor([-1, 0]), gt_valid[i].nonzero()[:, 0] + 1])
-            out_gt_inds[i, prior_valid[i]] = slot[gt_inds + 1]
-            out_labels[i, prior_valid[i]] = labels
-            per_image.append(max_overlaps)
-        # The calculator's dtype (fp16 calculators give fp16 on CUDA, float32 on the CPU, so
-        # with gpu_assign_thr images may differ): widen to hold every image's values exactly.
-        dtype = functools.reduce(torch.promote_types, (m.dtype for m in per_image[1:]),
-                                 per_image[0].dtype if per_image else priors.dtype)
-        out_overlaps = priors.new_zeros((num_imgs, num_priors), dtype=dtype)
-        for i, max_overlaps in enumerate(per_image):
-            out_overlaps[i, prior_valid[i]] = max_overlaps.to(dtype)
-        return BatchAssignResult(out_gt_inds, out_overlaps, out_labels)
