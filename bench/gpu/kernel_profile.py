@@ -70,14 +70,11 @@ def cases(bench: object) -> List[Tuple[str, Dict[str, Callable[[], object]]]]:
     from mmdet.models.losses import FocalLoss
     from mmdet.registry import MODELS
 
-    from bench.bench_focal_loss import fwd_bwd, make_inputs
+    from bench.bench_focal_loss import fwd_bwd
     from bench.bench_train_step import make_batch, train_step
-    from bench.gpu.side_by_side import infer_step, pinned
+    from bench.gpu.side_by_side import focal_inputs, infer_step, pinned
 
-    full = make_inputs(device=bench.device.type)
-    n = bench.sizes.focal_anchors
-    inp = dict(full, pred=full['pred'][:n], labels=full['labels'][:n],
-               weight=full['weight'][:n])
+    inp = focal_inputs(bench)
     out = [('focal loss fwd+bwd fp32', {
         'stock': fwd_bwd(FocalLoss(), inp, False),
         'ours': fwd_bwd(MODELS.build(dict(type='RetinaFocalLoss')), inp, False)})]

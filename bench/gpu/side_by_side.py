@@ -221,12 +221,18 @@ def train_rows(bench: Bench) -> List[Row]:
     return rows
 
 
-def focal_rows(bench: Bench) -> List[Row]:
+def focal_inputs(bench: Bench) -> Dict[str, object]:
+    """``bench_focal_loss``'s inputs cut to ``bench.sizes.focal_anchors`` anchors (a prefix:
+    the same ~1 % positives), on the bench's device."""
     full = make_inputs(device=bench.device.type)
     n = bench.sizes.focal_anchors
-    # fewer anchors: a prefix (the same ~1 % positives)
-    inp = dict(full, pred=full['pred'][:n], labels=full['labels'][:n],
-               weight=full['weight'][:n])
+    return dict(full, pred=full['pred'][:n], labels=full['labels'][:n],
+                weight=full['weight'][:n])
+
+
+def focal_rows(bench: Bench) -> List[Row]:
+    inp = focal_inputs(bench)
+    n = bench.sizes.focal_anchors
     stock, ours = FocalLoss(), MODELS.build(dict(type='RetinaFocalLoss'))
     rows = []
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
