@@ -85,7 +85,7 @@ def cases(bench: object) -> List[Tuple[str, Dict[str, Callable[[], object]]]]:
                 f'ours: bf16 config)', {
                     'stock': train_step(bench.model('stock').train(), data,
                                         'float16' if amp else None),
-                    'ours': train_step(bench.model('bf16-config').train(),
+                    'ours': train_step(bench.model('gpu-config').train(),
                                        pinned(data, bench.device),
                                        'bfloat16' if amp else None)}))
     out.append((f'train step fp32, {batch} images', {
@@ -95,6 +95,9 @@ def cases(bench: object) -> List[Tuple[str, Dict[str, Callable[[], object]]]]:
     one = make_batch([hw])
     out.append(('inference fp32, batch 1', {
         'stock': infer_step(models['stock'], one), 'ours': infer_step(models['ours'], one)}))
+    out.append(('inference fp32, batch 1 (ours: GPU config)', {
+        'stock': infer_step(models['stock'], one),
+        'ours': infer_step(models['gpu-config'], pinned(one, bench.device))}))
     return out
 
 

@@ -46,7 +46,7 @@ fi
 
 # the test files with CUDA-only cases or CUDA paths (TESTS=... runs others)
 CUDA_TESTS="tests/models/losses tests/models/layers tests/models/dense_heads/test_gt_reporter.py
-    tests/models/data_preprocessors tests/configs/test_bf16_config.py
+    tests/models/data_preprocessors tests/configs/test_gpu_configs.py
     tests/reliability/test_bad_data_and_amp.py tests/bench/test_gpu_bench.py"
 status=0
 $py -m bench.gpu.host_syncs 2>&1 | tee "$out/host_syncs.log" || status=1

@@ -1,15 +1,17 @@
 """Stock mmdet RetinaNet and ours side by side on a GPU: one table, one JSON file.
 
 Both detectors are mmdet's ``retinanet_r50_fpn_1x_coco`` (``bench/retinanet_r50.py``), ours with
-the plugin's neck, head, focal loss and assigner, sharing one set of random weights; the bf16
-config (``configs/retinanet/retina-plugin_r50_fpn_bf16-1x_coco.py``: frozen BN as an affine,
-channels-last model and batches, pinned batches copied without blocking) gets rows of its own.
+the plugin's neck, head, focal loss and assigner, sharing one set of random weights; the
+GPU-native configs' model (``configs/retinanet/retina-plugin_r50_fpn_gpu-1x_coco.py`` in fp32,
+``..._bf16-1x_coco.py`` in bf16: frozen BN as an affine, channels-last model and batches, pinned
+batches copied without blocking) gets rows of its own.
 Every pair runs in this one process on the same batches, stock and ours alternated run by run
 (``bench/harness.py``: warm-up runs, then the median of ``--repeats``, the GPU synchronised
 around each run). Rows:
 
 * ``train``: ``model.train_step`` (data preprocessor, forward, loss, backward, SGD update) on
-  800x1216 images: fp32 with 2 images x 8 gts, 8 x 8, 8 x 100; mmengine's ``AmpOptimWrapper``
+  800x1216 images: fp32 with 2 images x 8 gts, 8 x 8, 8 x 100, the last two also with the fp32
+  GPU config; mmengine's ``AmpOptimWrapper``
   in fp16 and in bf16 (8 images; stock fails in bf16: mmcv's focal-loss op has no bf16 kernel);
   the bf16 config against stock in fp16. Images per second.
 * ``focal``: focal loss forward + backward on 2 x 201,600 anchors x 80 classes in fp32, fp16,
@@ -17,7 +19,8 @@ around each run). Rows:
   clone of the logits (one read and one write, the memory-traffic floor). Milliseconds per
   call, of ``FOCAL_CALLS`` calls issued back to back.
 * ``inference``: ``model.test_step`` (preprocessing, network, post-processing with NMS) in fp32
-  at batch 1 and 8, under bf16 autocast at batch 8, and the bf16 config. Images per second.
+  at batch 1 and 8 (also with the fp32 GPU config), under bf16 autocast at batch 8, and the bf16
+  config. Images per second.
 * ``syncs``: host-device synchronisations per batch of ``loss_by_feat`` and ``predict_by_feat``
   (CUDA's sync debug mode, ``bench/gpu/host_syncs.py``), batch of 8.
 
@@ -50,12 +53,13 @@ from bench.bench_train_step import build_pair, make_batch, train_step
 from bench.gpu.host_syncs import head_sync_counts
 from bench.harness import machine, measure, measure_pair
 
-BF16_CONFIG = (Path(__file__).resolve().parents[2] / 'configs' / 'retinanet'
-               / 'retina-plugin_r50_fpn_bf16-1x_coco.py')
+GPU_CONFIG = (Path(__file__).resolve().parents[2] / 'configs' / 'retinanet'
+              / 'retina-plugin_r50_fpn_gpu-1x_coco.py')
 GROUPS = ('train', 'focal', 'inference', 'syncs')
 SHORT = {'float32': 'fp32', 'float16': 'fp16', 'bfloat16': 'bf16'}
 Value = Union[float, str, None]
 FOCAL_CALLS = 10
+GPU_CONFIG_NOTE = 'ours: frozen BN, channels-last, pinned batches'
 
 
 @dataclass(frozen=True)
@@ -105,30 +109,31 @@ class Bench:
     scores_spread: bool = False
 
     def model(self, name: str) -> torch.nn.Module:
-        """``'stock'``, ``'ours'`` (the same weights) or ``'bf16-config'`` (the bf16 config's
-        model with those weights, channels-last), built on first use."""
+        """``'stock'``, ``'ours'`` (the same weights) or ``'gpu-config'`` (the GPU-native
+        configs' model with those weights, channels-last; the bf16 config's is the same),
+        built on first use."""
         if self.models is None:
             self.models = build_pair(self.device)
-            self.models['bf16-config'] = build_bf16_config(self.models['stock'], self.device)
+            self.models['gpu-config'] = build_gpu_config(self.models['stock'], self.device)
         return self.models[name]
 
     def eval_models(self) -> Dict[str, torch.nn.Module]:
         """The three models in eval mode with one set of weights again (the training rows
         updated each its own), class scores spread (:func:`spread_scores`) once for all the
         inference and sync rows."""
-        models = {name: self.model(name).eval() for name in ('stock', 'ours', 'bf16-config')}
+        models = {name: self.model(name).eval() for name in ('stock', 'ours', 'gpu-config')}
         if not self.scores_spread:
             spread_scores(models['stock'])
-            for name in ('ours', 'bf16-config'):
+            for name in ('ours', 'gpu-config'):
                 models[name].load_state_dict(models['stock'].state_dict(), strict=True)
             self.scores_spread = True
         return models
 
 
-def build_bf16_config(stock: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """The bf16 config's model with ``stock``'s weights (loaded strictly: same names), its
-    weights channels-last as ``RetinaChannelsLastHook`` makes them in training."""
-    cfg = Config.fromfile(str(BF16_CONFIG))
+def build_gpu_config(stock: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The GPU-native configs' model with ``stock``'s weights (loaded strictly: same names),
+    its weights channels-last as ``RetinaChannelsLastHook`` makes them in training."""
+    cfg = Config.fromfile(str(GPU_CONFIG))
     cfg.model.backbone.init_cfg = None
     model = MODELS.build(cfg.model)
     model.load_state_dict(stock.state_dict(), strict=True)
@@ -206,6 +211,13 @@ def train_rows(bench: Bench) -> List[Row]:
         rows.append(timed_row(bench, 'train', f'train step fp32, {images} images {size}, '
                               f'{gts} gts', train_step(stock, data), train_step(ours, data),
                               images))
+    config_model = bench.model('gpu-config').train()
+    for images, gts in bench.sizes.train[1:]:
+        data = make_batch([hw] * images, gts)
+        rows.append(timed_row(bench, 'train', f'train step fp32, {images} images {size}, '
+                              f'{gts} gts: GPU config', train_step(stock, data),
+                              train_step(config_model, pinned(data, bench.device)), images,
+                              note=GPU_CONFIG_NOTE))
     data = make_batch([hw] * n, bench.sizes.train[1][1])
     for dtype in ('float16', 'bfloat16'):
         case = f'train step AMP {SHORT[dtype]}, {n} images'
@@ -213,7 +225,6 @@ def train_rows(bench: Bench) -> List[Row]:
                     or timed_row(bench, 'train', case, train_step(stock, data, dtype),
                                  train_step(ours, data, dtype), n))
     case = f'train step AMP, {n} images: stock fp16, bf16 config'
-    config_model = bench.model('bf16-config').train()
     rows.append(needs_cuda_row(bench, 'train', case, 'AmpOptimWrapper needs a GPU')
                 or timed_row(bench, 'train', case, train_step(stock, data, 'float16'),
                              train_step(config_model, pinned(data, bench.device), 'bfloat16'),
@@ -314,13 +325,19 @@ def inference_rows(bench: Bench) -> List[Row]:
         rows.append(timed_row(bench, 'inference', f'inference fp32, batch {images}',
                               infer_step(stock, data), infer_step(ours, data), images,
                               note=f'detections {check}'))
+    for images in sorted({1, n}):
+        data = make_batch([hw] * images)
+        rows.append(timed_row(bench, 'inference', f'inference fp32, batch {images}: GPU config',
+                              infer_step(stock, data),
+                              infer_step(config_model, pinned(data, bench.device)), images,
+                              note=GPU_CONFIG_NOTE))
     data = make_batch([hw] * n)
     rows.append(timed_row(bench, 'inference', f'inference autocast bf16, batch {n}',
                           infer_step(stock, data, True), infer_step(ours, data, True), n))
     rows.append(timed_row(bench, 'inference', f'inference autocast bf16, batch {n}: bf16 config',
                           infer_step(stock, data, True),
                           infer_step(config_model, pinned(data, bench.device), True), n,
-                          note='ours: frozen BN, channels-last, pinned batches'))
+                          note=GPU_CONFIG_NOTE))
     return rows
 
 

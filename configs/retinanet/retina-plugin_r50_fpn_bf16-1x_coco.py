@@ -1,27 +1,10 @@
-# The baseline trained the GPU-native way: bf16 autocast, channels-last, the frozen backbone BN as a
-# per-channel affine, batches copied from pinned memory without blocking. Needs a GPU with bf16
-# (Ampere or later). Stock mmdet RetinaNet cannot train in bf16: mmcv's sigmoid_focal_loss op has
-# no bf16 kernel; RetinaFocalLoss has. Same weights and checkpoints as the baseline (state-dict
-# names unchanged), so mmdet's R50 RetinaNet checkpoints load into it strictly.
-_base_ = './retina-plugin_r50_fpn_1x_coco.py'
-
-model = dict(
-    # NHWC training batches (test batches already are), moved to the GPU with non_blocking=True
-    data_preprocessor=dict(train_channels_last=True, non_blocking=True),
-    # norm_eval=True already freezes the backbone's BN statistics: compute them as the affine they
-    # are, with no batch-norm kernels forward or backward (mmdet's weights load unchanged)
-    backbone=dict(norm_cfg=dict(type='RetinaFrozenBN', requires_grad=False)))
+# The GPU-native baseline (retina-plugin_r50_fpn_gpu-1x_coco.py: channels-last, frozen BN as an
+# affine, pinned batches) trained in bf16 autocast. Needs a GPU with bf16 (Ampere or later). Stock
+# mmdet RetinaNet cannot train in bf16: mmcv's sigmoid_focal_loss op has no bf16 kernel;
+# RetinaFocalLoss has. Same weights and checkpoints as the baseline (state-dict names unchanged),
+# so mmdet's R50 RetinaNet checkpoints load into it strictly.
+_base_ = './retina-plugin_r50_fpn_gpu-1x_coco.py'
 
 # bf16 has fp32's exponent range: no loss scaling needed. A static scale of 1 keeps GradScaler's
 # check that skips a step with a non-finite gradient.
 optim_wrapper = dict(type='AmpOptimWrapper', dtype='bfloat16', loss_scale=1.0)
-
-# page-locked batches: the copy to the GPU runs asynchronously (non_blocking above)
-train_dataloader = dict(pin_memory=True)
-val_dataloader = dict(pin_memory=True)
-test_dataloader = dict(pin_memory=True)
-
-# NHWC weights from the first iteration on (after the checkpoint or pretrained weights are loaded);
-# the base's non-finite guard restated: custom_hooks lists are replaced, not merged
-custom_hooks = [dict(type='RetinaNonFiniteGuardHook', action='skip'),
-                dict(type='RetinaChannelsLastHook')]

@@ -26,13 +26,17 @@ def tiny_run(tmp_path_factory, one_torch_thread):
 def test_every_row_of_the_table_on_cpu(tiny_run, capsys):
     rows, report = tiny_run
     cases = [r.case for r in rows]
-    assert [r.group for r in rows] == ['train'] * 6 + ['focal'] * 3 + ['inference'] * 4 + \
+    assert [r.group for r in rows] == ['train'] * 8 + ['focal'] * 3 + ['inference'] * 6 + \
         ['syncs'] * 2
-    assert cases[:3] == ['train step fp32, 1 images 64x96, 2 gts',
+    assert cases[:5] == ['train step fp32, 1 images 64x96, 2 gts',
                          'train step fp32, 2 images 64x96, 2 gts',
-                         'train step fp32, 2 images 64x96, 5 gts']
-    assert [c[-4:] for c in cases[6:9]] == ['fp32', 'fp16', 'bf16']
-    assert cases[9:11] == ['inference fp32, batch 1', 'inference fp32, batch 2']
+                         'train step fp32, 2 images 64x96, 5 gts',
+                         'train step fp32, 2 images 64x96, 2 gts: GPU config',
+                         'train step fp32, 2 images 64x96, 5 gts: GPU config']
+    assert [c[-4:] for c in cases[8:11]] == ['fp32', 'fp16', 'bf16']
+    assert cases[11:15] == ['inference fp32, batch 1', 'inference fp32, batch 2',
+                            'inference fp32, batch 1: GPU config',
+                            'inference fp32, batch 2: GPU config']
     assert 'predict_by_feat' in cases[-1] and 'loss_by_feat' in cases[-2]
     for r in rows:
         numbers = [v for v in (r.stock, r.ours) if isinstance(v, float)]
@@ -42,15 +46,16 @@ def test_every_row_of_the_table_on_cpu(tiny_run, capsys):
             assert r.speedup == pytest.approx(expected, rel=1e-9), r
         else:
             assert r.speedup is None, r
-    # fp32 training and the focal loss run on any device, side by side
+    # fp32 training (the GPU config's too), the focal loss and fp32 inference run on any
+    # device, side by side
     assert all(isinstance(r.stock, float) and isinstance(r.ours, float)
-               for r in rows[:3] + rows[6:9])
-    assert all(r.note.startswith('clone of the logits') for r in rows[6:9])
+               for r in rows[:5] + rows[8:15])
+    assert all(r.note.startswith('clone of the logits') for r in rows[8:11])
     # AMP needs mmengine's AmpOptimWrapper, which needs a GPU; syncs need CUDA's debug mode
-    assert all(r.stock == r.ours == 'skipped: AmpOptimWrapper needs a GPU' for r in rows[3:6])
+    assert all(r.stock == r.ours == 'skipped: AmpOptimWrapper needs a GPU' for r in rows[5:8])
     assert all(r.stock == r.ours == 'n/a (CUDA only)' for r in rows[-2:])
     # ours in bf16 on the CPU: inference runs (stock's may fail in mmcv's CPU ops)
-    assert isinstance(rows[11].ours, float) and isinstance(rows[12].ours, float)
+    assert isinstance(rows[15].ours, float) and isinstance(rows[16].ours, float)
     assert report['rows'] == [dict(r.__dict__) for r in rows]
     assert report['device'] == 'cpu' and report['sizes']['hw'] == [64, 96]
 

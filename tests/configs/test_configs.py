@@ -136,10 +136,14 @@ def check_amp(cfg: Config, model: torch.nn.Module) -> None:
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
 
 
-def check_bf16_gpu_native(cfg: Config, model: torch.nn.Module) -> None:
-    """bf16 autocast, frozen BN as an affine, channels-last batches from pinned memory."""
+def check_bf16(cfg: Config, model: torch.nn.Module) -> None:
+    """bf16 autocast."""
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
     assert cfg.optim_wrapper.dtype == 'bfloat16'
+
+
+def check_gpu_native(cfg: Config, model: torch.nn.Module) -> None:
+    """Frozen BN as an affine, channels-last batches from pinned memory."""
     norms = [m for m in model.backbone.modules()
              if isinstance(m, (RetinaFrozenBN, torch.nn.modules.batchnorm._BatchNorm))]
     assert len(norms) == 53 and all(isinstance(m, RetinaFrozenBN) for m in norms)  # R50
@@ -201,7 +205,9 @@ EXPECTED: Dict[str, List[Callable]] = {
         check_plugin_retinanet, check_focal(2.0, 0.25), check_parity_neck_and_box_loss,
         check_multi_scale_3x, check_depth(50)],
     'retinanet/retina-plugin_r50_fpn_amp-1x_coco.py': RETINA_R50_1X + [check_amp],
-    'retinanet/retina-plugin_r50_fpn_bf16-1x_coco.py': RETINA_R50_1X + [check_bf16_gpu_native],
+    'retinanet/retina-plugin_r50_fpn_gpu-1x_coco.py': RETINA_R50_1X + [check_gpu_native],
+    'retinanet/retina-plugin_r50_fpn_bf16-1x_coco.py': RETINA_R50_1X + [check_gpu_native,
+                                                                         check_bf16],
     'retinanet/retina-plugin_r101_fpn_1x_coco.py': [
         check_plugin_retinanet, check_parity_neck_and_box_loss, check_single_scale_1x,
         check_depth(101)],

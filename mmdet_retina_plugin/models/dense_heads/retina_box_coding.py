@@ -3,23 +3,26 @@ training (:func:`encode_boxes`) and the boxes of inference (:func:`decode_boxes`
 
 mmdet's ``bbox2delta`` and ``delta2bbox`` build the coder's means and stds with ``new_tensor``
 on every call: a copy from pageable memory that waits for the whole CUDA stream. Here the same
-operations run in the same order (the same values, bit for bit), with the means and stds queued
-from pinned memory. Any other coder is called as it is.
+operations run in the same order (the same values, bit for bit), with the means and stds copied
+to the device once and reused. Any other coder is called as it is.
 """
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
 from mmdet.structures.bbox import get_box_tensor
 from torch import Tensor
 
+from ..losses.focal_backends import is_compiling
 from .retina_gts import host_tensor
 
 # DeltaXYWHBBoxCoder.decode's default bound on dw, dh: |log(16 / 1000)|
 _WH_RATIO_CLIP = 16 / 1000
+# (means, stds, dtype, device) -> (2, 4) device tensor; a handful of entries per process
+_CONSTANTS: Dict[tuple, Tensor] = {}
 
 
 def _plain_delta_coder(bbox_coder: object) -> bool:
@@ -29,9 +32,16 @@ def _plain_delta_coder(bbox_coder: object) -> bool:
 
 def _means_stds(bbox_coder: DeltaXYWHBBoxCoder, dtype: torch.dtype,
                 device: torch.device) -> Tuple[Tensor, Tensor]:
-    """The coder's ``(1, 4)`` means and stds on ``device``, queued without a wait."""
-    return tuple(host_tensor(v, dtype, device).view(1, -1)
-                 for v in (bbox_coder.means, bbox_coder.stds))
+    """The coder's ``(1, 4)`` means and stds on ``device``: copied there once per value, dtype
+    and device, then reused (read only), so a call queues no copy at all."""
+    key = (tuple(bbox_coder.means), tuple(bbox_coder.stds), dtype, torch.device(device))
+    # traced by dynamo: a plain copy in the graph, no cache mutation inside it
+    pair = None if is_compiling() else _CONSTANTS.get(key)
+    if pair is None:
+        pair = host_tensor([key[0], key[1]], dtype, device)
+        if not is_compiling():
+            _CONSTANTS[key] = pair
+    return pair[0:1], pair[1:2]
 
 
 def encode_boxes(bbox_coder: object, anchors: Tensor, gt_boxes: Tensor) -> Tensor:

@@ -8,13 +8,14 @@
 * ``eager``: everything else, and every call after a backend failed once (warned once).
 
 Every backend takes the same arguments and returns the same scaled loss and gradient (see
-``focal_triton.triton_loss``).
+``focal_triton.triton_loss``). On Triton, backward recomputes the gradient in one pass
+(``focal_triton.triton_grad``) instead of forward writing it.
 """
 from __future__ import annotations
 
 import functools
 import warnings
-from typing import Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -41,6 +42,7 @@ class FocalBackends:
 
     def __init__(self) -> None:
         self._compiled: Optional[Callable[..., Pair]] = None
+        self._triton_module = None
         self.failed: Dict[str, bool] = {}
 
     def choose(self, pred: Tensor, compile_min_numel: Optional[int]) -> str:
@@ -63,7 +65,7 @@ class FocalBackends:
     def run(self, pred: Tensor, target: Tensor, weight: Optional[Tensor],
             avg_factor: Optional[Tensor], factor: float, gamma: float, alpha: Optional[float],
             segments: Optional[Sequence[int]], reduce_sum: bool, need_grad: bool,
-            compile_min_numel: Optional[int]) -> Pair:
+            compile_min_numel: Optional[int], grad_later: bool = False) -> Pair:
         """The scaled loss and gradient on the chosen backend, eager where that one failed.
 
         Args:
@@ -79,24 +81,50 @@ class FocalBackends:
             need_grad (bool): also return the scaled derivative.
             compile_min_numel (int | None): compile inputs from this many elements on;
                 ``None`` never compiles.
+            grad_later (bool): with ``need_grad``, on Triton skip the derivative: backward
+                recomputes it in one fused pass (:meth:`grad`), less memory traffic than
+                writing it here and scaling it there.
 
         Returns:
             tuple[Tensor, Tensor | None]: loss (0-d, ``(L,)`` or ``(N, K)``) and the scaled
-            derivative ``(N, K)``.
+            derivative ``(N, K)`` (None if not asked for, or left for later on Triton).
         """
-        args = (pred, target, weight, avg_factor, factor, gamma, alpha, segments, reduce_sum,
-                need_grad)
         name = self.choose(pred, compile_min_numel)
+        on_triton = name == 'triton' and not self.failed.get(name)
+        args = (pred, target, weight, avg_factor, factor, gamma, alpha, segments, reduce_sum,
+                need_grad and not (on_triton and grad_later))
         out = None
-        if name == 'triton' and not self.failed.get(name):
+        if on_triton:
             out = self._try(name, lambda: self._triton().triton_loss(*args))
         elif name == 'torch.compile' and not self.failed.get(name):
             out = self._try(name, lambda: self._run_compiled(*args))
         return out if out is not None else eager_loss(dense_chunked, *args)
 
-    def scale_grad(self, grad: Tensor, grad_out: Tensor,
-                   segments: Optional[Sequence[int]]) -> Tensor:
-        """``grad`` times the incoming gradient ``grad_out``, in place (one launch on Triton).
+    def grad(self, grad_out: Tensor, *loss_args: Any,
+             compile_min_numel: Optional[int]) -> Tensor:
+        """The gradient of :meth:`run`'s loss given its incoming gradient: one fused pass on
+        Triton, else the scaled derivative times ``grad_out``.
+
+        Args:
+            grad_out (Tensor): incoming gradient: 0-d, ``(L,)`` per segment, or ``(N, K)``.
+            *loss_args: :meth:`run`'s arguments ``pred`` (``(N, K)``) to ``reduce_sum``, as
+                the forward call passed them.
+            compile_min_numel (int | None): see :meth:`run`.
+
+        Returns:
+            Tensor: ``(N, K)`` gradient (in the compute dtype; the caller casts).
+        """
+        pred = loss_args[0]
+        if self.choose(pred, compile_min_numel) == 'triton' and not self.failed.get('triton'):
+            out = self._try('triton', lambda: self._triton().triton_grad(grad_out, *loss_args))
+            if out is not None:
+                return out
+        derivative = self.run(*loss_args, True, compile_min_numel)[1]
+        return self.scale_grad(derivative, grad_out, loss_args[7])
+
+    @staticmethod
+    def scale_grad(grad: Tensor, grad_out: Tensor, segments: Optional[Sequence[int]]) -> Tensor:
+        """``grad`` times the incoming gradient ``grad_out``, in place.
 
         Args:
             grad (Tensor): ``(N, K)`` derivative of the sum of the loss's entries.
@@ -106,8 +134,6 @@ class FocalBackends:
         Returns:
             Tensor: ``grad``.
         """
-        if on_triton_device(grad) and not self.failed.get('triton'):
-            return self._triton().scale_grad(grad, grad_out, segments)
         if segments and grad_out.dim() == 1:
             period = sum(segments)
             per_row = grad_out.to(grad.dtype).repeat_interleave(
@@ -127,10 +153,11 @@ class FocalBackends:
                           f'{err}); using the eager implementation from now on.')
             return None
 
-    @staticmethod
-    def _triton():  # noqa: ANN205  (the module; imports triton, absent on some hosts)
-        from . import focal_triton
-        return focal_triton
+    def _triton(self):  # noqa: ANN205  (the module; imports triton, absent on some hosts)
+        if self._triton_module is None:
+            from . import focal_triton
+            self._triton_module = focal_triton
+        return self._triton_module
 
     def _run_compiled(self, pred: Tensor, target: Tensor, weight: Optional[Tensor],
                       *rest: object) -> Pair:

@@ -1,11 +1,13 @@
 """The whole focal loss in one Triton kernel (CUDA; CPU under ``TRITON_INTERPRET=1``).
 
 One pass reads the logits, the class indices (or one-hot / soft targets) and the weights in
-their own dtypes, and writes the gradient, already scaled by ``loss_weight / avg_factor`` and
-in the logits' dtype, plus one partial loss sum per program (per segment with ``segments``).
-A forward + backward is then three launches: this kernel, the sum of its partials, and
-backward's multiplication by the incoming gradient (:func:`scale_grad`). ``avg_factor`` is
-read from device memory, never copied to the host.
+their own dtypes and writes, as asked, one partial loss sum per program (per segment with
+``segments``) or the elementwise loss, and the gradient in the logits' dtype, scaled by
+``loss_weight / avg_factor`` and, in backward, by the incoming gradient. A forward + backward
+is three launches: the loss pass, the sum of its partials (:func:`triton_loss`), and
+backward's gradient pass (:func:`triton_grad`), which recomputes the terms instead of reading
+a gradient saved by forward: two passes over ``(n, K)`` memory fewer. ``avg_factor`` and the
+incoming gradient are read from device memory, never copied to the host.
 
 Imported lazily by ``focal_backends`` (importing it imports ``triton``). The math mirrors
 ``focal_reference.focal_terms`` term by term, in fp32; the tests compare the two.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -23,11 +25,14 @@ from torch import Tensor
 
 from .focal_eager import AVG_EPS
 
-_BLOCK = 1024
+# Elements per program's tile (rows x next power of 2 >= K columns)
+_TILE = 2048
 # Kernel specialisations (compile-time constants; the kernel tests the same literal values).
 _GAMMA_ZERO, _GAMMA_TWO, _GAMMA_ANY = 0, 2, 1
 _NO_WEIGHT, _ROW_WEIGHT, _ELEM_WEIGHT = 0, 1, 2
 _INDEX_TARGET, _DENSE_TARGET = 0, 1
+_NO_LOSS, _LOSS_SUMS, _LOSS_ELEMENTS = 0, 1, 2
+_NO_GRAD, _GRAD_SCALED, _GRAD_TIMES_SCALAR, _GRAD_TIMES_SEGMENTS, _GRAD_TIMES_ELEMENTS = range(5)
 # Segment bounds live on the device: one small tensor per (segments, device), copied there once
 # (multi-scale training sees a few dozen image sizes; the oldest are dropped beyond that).
 _BOUNDS: 'OrderedDict[Tuple[Tuple[int, ...], torch.device], Tensor]' = OrderedDict()
@@ -44,15 +49,21 @@ def _segment_of(pos, bounds_ptr, NUM_SEG: tl.constexpr):
 
 
 @triton.jit
-def _focal_kernel(x_ptr, label_ptr, t_ptr, w_ptr, avg_ptr, grad_ptr, out_ptr, bounds_ptr,
-                  numel, num_classes, period, factor, alpha, gamma, eps,
-                  TARGET: tl.constexpr, W_MODE: tl.constexpr, USE_ALPHA: tl.constexpr,
-                  GAMMA_MODE: tl.constexpr, HAS_AVG: tl.constexpr, REDUCE: tl.constexpr,
-                  NUM_SEG: tl.constexpr, NEED_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+def _focal_kernel(x_ptr, label_ptr, t_ptr, w_ptr, avg_ptr, gout_ptr, grad_ptr, out_ptr,
+                  bounds_ptr, num_rows, num_classes, period, gout_stride, factor, alpha, gamma,
+                  eps, TARGET: tl.constexpr, W_MODE: tl.constexpr, USE_ALPHA: tl.constexpr,
+                  GAMMA_MODE: tl.constexpr, HAS_AVG: tl.constexpr, LOSS_MODE: tl.constexpr,
+                  NUM_SEG: tl.constexpr, GRAD_MODE: tl.constexpr, ROWS: tl.constexpr,
+                  COLS: tl.constexpr):
+    # A tile of ROWS rows x COLS (>= K) columns: an element's row and class come from the tile's
+    # shape, not from a division of its flat index (64-bit division made the kernel
+    # compute-bound); per-row loads (labels, row weights, segments) are one per row.
     pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    row = offs // num_classes
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, COLS)
+    row_ok = rows < num_rows
+    mask = row_ok[:, None] & (cols < num_classes)[None, :]
+    offs = rows.to(tl.int64)[:, None] * num_classes + cols[None, :]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     e = tl.exp(-tl.abs(x))
     u = 1.0 + e
@@ -63,8 +74,8 @@ def _focal_kernel(x_ptr, label_ptr, t_ptr, w_ptr, avg_ptr, grad_ptr, out_ptr, bo
     # log1p(e) from log(u), corrected by the rounding error of u = 1 + e (no libdevice needed)
     softplus = tl.maximum(x, 0.0) + tl.log(u) - ((u - 1.0) - e) / u
     if TARGET == 0:  # class indices: the one positive of a row is where the column is its label
-        label = tl.load(label_ptr + row, mask=mask, other=-1)
-        pos = (offs - row * num_classes) == label
+        label = tl.load(label_ptr + rows, mask=row_ok, other=-1)
+        pos = cols[None, :] == label[:, None]
         q = tl.where(pos, p_c, p)
         bce = tl.where(pos, softplus - x, softplus)
         dbce = tl.where(pos, -p_c, p)
@@ -94,7 +105,7 @@ def _focal_kernel(x_ptr, label_ptr, t_ptr, w_ptr, avg_ptr, grad_ptr, out_ptr, bo
         loss = a * mod * bce
         grad = a * (dmod * sign * (p * p_c) * bce + mod * dbce)
     if W_MODE == 1:
-        w = tl.load(w_ptr + row, mask=mask, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
         loss = loss * w
         grad = grad * w
     elif W_MODE == 2:
@@ -104,31 +115,29 @@ def _focal_kernel(x_ptr, label_ptr, t_ptr, w_ptr, avg_ptr, grad_ptr, out_ptr, bo
     scale = factor
     if HAS_AVG:
         scale = factor / (tl.load(avg_ptr).to(tl.float32) + eps)
-    if NEED_GRAD:
-        tl.store(grad_ptr + offs, (grad * scale).to(grad_ptr.dtype.element_ty), mask=mask)
-    if not REDUCE:
+    if NUM_SEG > 1:
+        seg = _segment_of(rows % period, bounds_ptr, NUM_SEG)  # (ROWS,)
+    if GRAD_MODE != 0:
+        grad = grad * scale
+        if GRAD_MODE == 2:  # the incoming gradient of a 0-d loss
+            grad = grad * tl.load(gout_ptr).to(tl.float32)
+        elif GRAD_MODE == 3:  # of a per-segment loss
+            grad = grad * tl.load(gout_ptr + seg * gout_stride, mask=row_ok,
+                                  other=0.0).to(tl.float32)[:, None]
+        elif GRAD_MODE == 4:  # of an elementwise loss
+            grad = grad * tl.load(gout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(grad_ptr + offs, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+    if LOSS_MODE == 2:
         tl.store(out_ptr + offs, loss * scale, mask=mask)
-    else:
+    elif LOSS_MODE == 1:
         # partial sums per program (and segment), summed by torch after: no atomics
-        loss = tl.where(mask, loss, 0.0)
+        row_loss = tl.sum(tl.where(mask, loss, 0.0), axis=1)
         if NUM_SEG == 1:
-            tl.store(out_ptr + pid, tl.sum(loss, axis=0) * scale)
+            tl.store(out_ptr + pid, tl.sum(row_loss, axis=0) * scale)
         else:
-            seg = _segment_of(row % period, bounds_ptr, NUM_SEG)
             for s in tl.static_range(NUM_SEG):
-                part = tl.sum(tl.where(seg == s, loss, 0.0), axis=0) * scale
+                part = tl.sum(tl.where(seg == s, row_loss, 0.0), axis=0) * scale
                 tl.store(out_ptr + pid * NUM_SEG + s, part)
-
-
-@triton.jit
-def _scale_segments_kernel(grad_ptr, gout_ptr, gout_stride, bounds_ptr, numel, num_classes,
-                           period, NUM_SEG: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    seg = _segment_of((offs // num_classes) % period, bounds_ptr, NUM_SEG)
-    g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    s = tl.load(gout_ptr + seg * gout_stride, mask=mask, other=0.0).to(tl.float32)
-    tl.store(grad_ptr + offs, (g * s).to(grad_ptr.dtype.element_ty), mask=mask)
 
 
 def _bounds(segments: Sequence[int], device: torch.device) -> Tensor:
@@ -143,11 +152,55 @@ def _bounds(segments: Sequence[int], device: torch.device) -> Tensor:
     return _BOUNDS[key]
 
 
+def _launch(pred: Tensor, target: Tensor, weight: Optional[Tensor], avg_factor: Optional[Tensor],
+            factor: float, gamma: float, alpha: Optional[float],
+            segments: Optional[Sequence[int]], loss_mode: int, grad_mode: int,
+            grad_out: Optional[Tensor] = None) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """One launch of :func:`_focal_kernel`: the loss as ``loss_mode`` says (none / per-program
+    partial sums / elementwise) and the gradient as ``grad_mode`` says (none / scaled / times
+    ``grad_out`` of a 0-d, per-segment or elementwise loss). Returns ``(out, grad)``."""
+    pred = pred.contiguous()
+    n, k = pred.shape
+    cols = triton.next_power_of_2(k)
+    rows = max(1, _TILE // cols)
+    programs = triton.cdiv(n, rows)
+    num_seg = len(segments) if segments is not None else 1
+    if grad_mode == _GRAD_TIMES_SEGMENTS and num_seg == 1:
+        grad_mode = _GRAD_TIMES_SCALAR  # the one segment's gradient, grad_out[0]
+    device = pred.device
+    grad = torch.empty_like(pred) if grad_mode != _NO_GRAD else None
+    out = None
+    if loss_mode == _LOSS_SUMS:
+        out = torch.empty((programs, num_seg), device=device, dtype=torch.float32)
+    elif loss_mode == _LOSS_ELEMENTS:
+        out = torch.empty((n, k), device=device, dtype=torch.float32)
+    index = target.dim() == 1
+    if not index and target.dtype == torch.bool:  # Triton loads bytes, not bits
+        target = target.to(torch.uint8)
+    w_mode = _NO_WEIGHT if weight is None else \
+        (_ROW_WEIGHT if weight.shape[1] == 1 else _ELEM_WEIGHT)
+    _focal_kernel[(programs,)](
+        pred, target if index else pred, pred if index else target.contiguous(),
+        pred if weight is None else weight.contiguous(),
+        pred if avg_factor is None else avg_factor,
+        pred if grad_out is None else grad_out, pred if grad is None else grad,
+        pred if out is None else out, _bounds(segments, device) if num_seg > 1 else pred,
+        n, k, sum(segments) if num_seg > 1 else 1,
+        grad_out.stride(0) if grad_mode == _GRAD_TIMES_SEGMENTS else 0, float(factor),
+        0.0 if alpha is None else float(alpha), float(gamma), AVG_EPS,
+        TARGET=_INDEX_TARGET if index else _DENSE_TARGET, W_MODE=w_mode,
+        USE_ALPHA=alpha is not None,
+        GAMMA_MODE=_GAMMA_ZERO if gamma == 0 else _GAMMA_TWO if gamma == 2 else _GAMMA_ANY,
+        HAS_AVG=avg_factor is not None, LOSS_MODE=loss_mode, NUM_SEG=num_seg,
+        GRAD_MODE=grad_mode, ROWS=rows, COLS=cols)
+    return out, grad
+
+
 def triton_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor],
                 avg_factor: Optional[Tensor], factor: float, gamma: float,
                 alpha: Optional[float], segments: Optional[Sequence[int]], reduce_sum: bool,
                 need_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
-    """Scaled focal loss and its scaled derivative in one kernel launch (+ one sum).
+    """Scaled focal loss (and its scaled derivative) in one kernel launch (+ one sum).
 
     Args:
         pred (Tensor): logits ``(n, K)``, fp32 / fp16 / bf16, on a CUDA device (any device
@@ -170,57 +223,41 @@ def triton_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor],
         and the scaled derivative ``(n, K)`` in ``pred``'s dtype (the gradient of the sum of
         the loss's entries).
     """
-    pred = pred.contiguous()
-    n, k = pred.shape
-    numel = pred.numel()
-    programs = triton.cdiv(numel, _BLOCK)
     per_segment = reduce_sum and segments is not None
-    num_seg = len(segments) if per_segment else 1
-    device = pred.device
-    grad = torch.empty_like(pred) if need_grad else None
-    out = torch.empty((programs, num_seg) if reduce_sum else (n, k), device=device,
-                      dtype=torch.float32)
-    index = target.dim() == 1
-    if not index and target.dtype == torch.bool:  # Triton loads bytes, not bits
-        target = target.to(torch.uint8)
-    w_mode = _NO_WEIGHT if weight is None else \
-        (_ROW_WEIGHT if weight.shape[1] == 1 else _ELEM_WEIGHT)
-    _focal_kernel[(programs,)](
-        pred, target if index else pred, pred if index else target.contiguous(),
-        pred if weight is None else weight.contiguous(),
-        pred if avg_factor is None else avg_factor, pred if grad is None else grad, out,
-        _bounds(segments, device) if per_segment else out,
-        numel, k, sum(segments) if per_segment else 1, float(factor),
-        0.0 if alpha is None else float(alpha), float(gamma), AVG_EPS,
-        TARGET=_INDEX_TARGET if index else _DENSE_TARGET, W_MODE=w_mode,
-        USE_ALPHA=alpha is not None,
-        GAMMA_MODE=_GAMMA_ZERO if gamma == 0 else _GAMMA_TWO if gamma == 2 else _GAMMA_ANY,
-        HAS_AVG=avg_factor is not None, REDUCE=reduce_sum, NUM_SEG=num_seg,
-        NEED_GRAD=need_grad, BLOCK=_BLOCK)
+    out, grad = _launch(pred, target, weight, avg_factor, factor, gamma, alpha,
+                        segments if per_segment else None,
+                        _LOSS_SUMS if reduce_sum else _LOSS_ELEMENTS,
+                        _GRAD_SCALED if need_grad else _NO_GRAD)
     if not reduce_sum:
         return out, grad
     return (out.sum(0) if per_segment else out.sum()), grad
 
 
-def scale_grad(grad: Tensor, grad_out: Tensor, segments: Optional[Sequence[int]]) -> Tensor:
-    """``grad`` times the incoming gradient, in place, in one launch (the kernel reads
-    ``grad_out`` in its own dtype: no cast of it first).
+def triton_grad(grad_out: Tensor, *loss_args: Any) -> Tensor:
+    """The gradient of :func:`triton_loss`'s loss given its incoming gradient, recomputed in one
+    launch: backward reads the logits once and writes the gradient once, and forward writes
+    no ``(n, K)`` buffer at all (two passes over memory fewer than keeping forward's
+    derivative and scaling it).
 
     Args:
-        grad (Tensor): ``(n, K)`` derivative of the loss's entries' sum.
-        grad_out (Tensor): incoming gradient of the loss: 0-d, ``(L,)`` per segment, or
-            ``(n, K)`` elementwise.
-        segments (Sequence[int] | None): the segments of a per-segment loss.
+        grad_out (Tensor): incoming gradient of the loss, on ``pred``'s device: 0-d, ``(L,)``
+            per segment, or ``(n, K)`` elementwise (read by the kernel: no host sync).
+        *loss_args: :func:`triton_loss`'s arguments ``pred`` (``(n, K)``) to ``reduce_sum``,
+            as the forward call passed them.
 
     Returns:
-        Tensor: ``grad``.
+        Tensor: ``(n, K)`` gradient in ``pred``'s dtype.
     """
-    if grad_out.dim() == 2:
-        return grad.mul_(grad_out)
-    num_seg = len(segments) if segments is not None else 1
-    _scale_segments_kernel[(triton.cdiv(grad.numel(), _BLOCK),)](
-        grad, grad_out, grad_out.stride(0) if grad_out.dim() else 0,
-        _bounds(segments, grad.device) if num_seg > 1 else grad,
-        grad.numel(), grad.shape[1], sum(segments) if num_seg > 1 else 1, NUM_SEG=num_seg,
-        BLOCK=_BLOCK)
-    return grad
+    pred, target, weight, avg_factor, factor, gamma, alpha, segments, reduce_sum = loss_args
+    if not reduce_sum:
+        if grad_out.stride() == (0, 0):  # expanded from a scalar (e.g. ``loss.sum()``)
+            mode, grad_out = _GRAD_TIMES_SCALAR, grad_out.as_strided((), ())
+        else:
+            mode, grad_out = _GRAD_TIMES_ELEMENTS, grad_out.contiguous()
+        segments = None
+    elif segments is not None:
+        mode = _GRAD_TIMES_SEGMENTS
+    else:
+        mode = _GRAD_TIMES_SCALAR
+    return _launch(pred, target, weight, avg_factor, factor, gamma, alpha, segments, _NO_LOSS,
+                   mode, grad_out)[1]

@@ -6,7 +6,8 @@ The pieces, each in its own file:
 * ``focal_reference.py``: the paper's formula and its derivative, elementwise (the oracle);
 * ``focal_eager.py``: the loss of ``(N, K)`` rows in eager torch, loss and gradient in one
   sweep, class indices fixed up without a one-hot tensor (CPU; fused by ``torch.compile``);
-* ``focal_triton.py``: the same in one Triton kernel (CUDA): forward + backward in 3 launches;
+* ``focal_triton.py``: the same in one Triton kernel (CUDA): forward + backward in 3 launches
+  (the loss pass, the sum of its partials, backward's gradient pass);
 * ``focal_backends.py``: which of them runs;
 * this file: the module (mmdet's arguments, shapes and reductions) and the autograd function.
 
@@ -36,12 +37,14 @@ BACKENDS = FocalBackends()
 
 
 class SigmoidFocalLossFunction(torch.autograd.Function):
-    """The scaled focal loss (summed, per segment or elementwise) with a precomputed gradient.
+    """The scaled focal loss (summed, per segment or elementwise) with a closed-form gradient.
 
-    The derivative is computed in forward (already scaled) and multiplied by the incoming
-    gradient in place in backward. The inputs are saved too, only so that a second backward
-    over a retained graph can recompute it (the first backward hands its buffer to the
-    caller). ``target``, ``weight`` and ``avg_factor`` get no gradient (as in mmcv's CUDA op).
+    On Triton, forward computes the loss only and backward the gradient times the incoming
+    gradient, in one fused pass each. On the other backends forward computes the derivative
+    in the same sweep as the loss (already scaled) and backward multiplies it by the incoming
+    gradient in place; the inputs are saved too, so that a second backward over a retained
+    graph can recompute it (the first backward hands its buffer to the caller). ``target``,
+    ``weight`` and ``avg_factor`` get no gradient (as in mmcv's CUDA op).
     """
 
     @staticmethod
@@ -51,7 +54,7 @@ class SigmoidFocalLossFunction(torch.autograd.Function):
                 compile_min_numel: Optional[int]) -> Tensor:
         args = (factor, gamma, alpha, segments, reduce_sum)
         loss, grad = BACKENDS.run(pred, target, weight, avg_factor, *args, True,
-                                  compile_min_numel)
+                                  compile_min_numel, grad_later=True)
         ctx.save_for_backward(pred, target, weight, avg_factor)
         ctx.grad = grad
         ctx.config = (args, compile_min_numel)
@@ -65,8 +68,10 @@ class SigmoidFocalLossFunction(torch.autograd.Function):
         ctx.grad = None  # the buffer is handed out below; a repeat backward recomputes it
         pred = ctx.saved_tensors[0]
         if grad is None:
-            grad = BACKENDS.run(*ctx.saved_tensors, *args, True, compile_min_numel)[1]
-        grad = BACKENDS.scale_grad(grad, grad_out, args[3])
+            grad = BACKENDS.grad(grad_out, *ctx.saved_tensors, *args,
+                                 compile_min_numel=compile_min_numel)
+        else:
+            grad = BACKENDS.scale_grad(grad, grad_out, args[3])
         return (grad.to(pred.dtype),) + (None,) * 9
 
 

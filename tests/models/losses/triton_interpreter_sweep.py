@@ -7,15 +7,18 @@ it when imported; a subprocess keeps it out of every other test). Checks
   specialisation: gamma 0 / 2 / 1.5, no / per-anchor / per-element weights, class-index / soft
   targets, elementwise / summed / per-segment, with / without gradient, each in fp32, fp16 and
   bf16, alpha on and off, scale from a float or a device ``avg_factor``;
+* one-class ``(n, 1)`` inputs (a tile of one column), every reduction;
+* backward's ``focal_triton.triton_grad`` against the eager derivative times a 0-d,
+  per-segment, elementwise or expanded incoming gradient, for the same specialisations;
 * ``RetinaFocalLoss`` end to end on CPU tensors (the backend picks Triton under the
   interpreter) against mmdet's ``FocalLoss``, losses and gradients;
 * the launches of a forward + backward on the Triton path: Triton kernels plus the ATen ops that
   do work (allocations, views and the interpreter's own copies inside a launch not counted),
   and the host-synchronising ops among them.
 
-Prints one JSON line: ``{"kernel_cases", "loss_cases", "triton_calls", "launches", "syncs",
-"failures"}``, or ``{"skip": reason}`` where Triton does not import. Exits 1 if anything
-differs.
+Prints one JSON line: ``{"kernel_cases", "grad_cases", "column_cases", "loss_cases",
+"triton_calls", "launches", "syncs", "failures"}``, or ``{"skip": reason}`` where Triton does
+not import. Exits 1 if anything differs.
 """
 import itertools
 import json
@@ -29,7 +32,7 @@ import torch
 from torch import Tensor
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-N, K = 150, 9  # 1350 elements: two kernel programs of 1024, the second one masked
+N, K = 150, 9  # two programs of 128 rows x 16 columns: masked rows and masked columns
 SEGMENTS = (4, 0, 7, 4)  # 15 rows per image, 10 images; an empty segment too
 # ATen ops that launch no work of their own: allocations, views, metadata.
 NO_WORK = {'aten::empty', 'aten::empty_like', 'aten::empty_strided', 'aten::new_empty',
@@ -78,6 +81,74 @@ def kernel_cases(triton_loss: Callable, eager_loss: Callable) -> Tuple[int, List
                 close(grad.float(), want_grad, 1e-5 if dtype == torch.float32 else 1e-2)
         except Exception:  # noqa: BLE001  (report every failing case, not the first)
             failures.append(f'kernel {case}: {traceback.format_exc(limit=2)}')
+    return count, failures
+
+
+def column_cases(triton_loss: Callable, eager_loss: Callable) -> Tuple[int, List[str]]:
+    """One class (``(n, 1)``: a float target of any other shape becomes such a column), a
+    tile of 2048 rows x 1 column: index and soft targets, every reduction, with and without
+    gradient."""
+    g = torch.Generator().manual_seed(5)
+    n = 2100  # two programs, the second one mostly masked
+    logits = torch.randn(n, 1, generator=g) * 3
+    targets = {'index': torch.randint(0, 2, (n,), generator=g),
+               'soft': torch.rand(n, 1, generator=g)}
+    reductions = {'none': (False, None), 'sum': (True, None), 'segments': (True, (3, 4))}
+    failures = []
+    count = 0
+    for count, (tname, rname, need_grad) in enumerate(
+            itertools.product(targets, reductions, (True, False)), 1):
+        reduce_sum, segments = reductions[rname]
+        args = (logits, targets[tname], None, torch.tensor(5.0), 1.0, 2.0, 0.25, segments,
+                reduce_sum, need_grad)
+        try:
+            loss, grad = triton_loss(*args)
+            want_loss, want_grad = eager_loss(*args)
+            close(loss, want_loss, 1e-5)
+            if need_grad:
+                close(grad, want_grad, 1e-5)
+        except Exception:  # noqa: BLE001
+            failures.append(f'column target={tname} reduce={rname} grad={need_grad}: '
+                            f'{traceback.format_exc(limit=2)}')
+    return count, failures
+
+
+def grad_cases(triton_grad: Callable, eager_loss: Callable) -> Tuple[int, List[str]]:
+    """Backward's fused pass against the eager derivative times the incoming gradient: a 0-d,
+    per-segment, elementwise and expanded-scalar incoming gradient, for every specialisation
+    of targets, weights and gamma."""
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(N, K, generator=g) * 4
+    labels = torch.randint(0, K + 1, (N,), generator=g)
+    targets = {'index': labels, 'soft': torch.rand(N, K, generator=g)}
+    weights = {'none': None, 'anchor': torch.rand(N, 1, generator=g),
+               'element': torch.rand(N, K, generator=g)}
+    rows = torch.arange(N) % sum(SEGMENTS)
+    seg_of_row = torch.bucketize(rows, torch.tensor(SEGMENTS).cumsum(0), right=True)
+    incoming = {  # name: (reduce_sum, segments, grad_out, its broadcast to (N, K))
+        'scalar': (True, None, torch.tensor(1.7)),
+        'segments': (True, SEGMENTS, torch.rand(len(SEGMENTS), generator=g) + 0.5),
+        'one_segment': (True, (15,), torch.tensor([0.6])),
+        'elements': (False, None, torch.rand(N, K, generator=g)),
+        'expanded': (False, None, torch.tensor(2.5).expand(N, K))}
+    failures = []
+    count = 0
+    grid = itertools.product((0.0, 2.0, 1.5), weights, targets, incoming, DTYPES)
+    for count, (gamma, wname, tname, gname, dtype) in enumerate(grid, 1):
+        alpha = None if count % 4 == 0 else 0.25
+        avg = torch.tensor(3.0 + count % 5) if count % 3 else None
+        reduce_sum, segments, grad_out = incoming[gname]
+        args = (logits.to(dtype), targets[tname], weights[wname], avg, 0.5, gamma, alpha,
+                segments, reduce_sum)
+        per_elem = grad_out[seg_of_row][:, None] if gname == 'segments' else grad_out
+        case = f'gamma={gamma} weight={wname} target={tname} grad_out={gname} {dtype}'
+        try:
+            got = triton_grad(grad_out, *args)
+            want = eager_loss(*args, True)[1] * per_elem
+            assert got.dtype == dtype, f'gradient dtype {got.dtype}'
+            close(got.float(), want, 1e-5 if dtype == torch.float32 else 1e-2)
+        except Exception:  # noqa: BLE001
+            failures.append(f'grad {case}: {traceback.format_exc(limit=2)}')
     return count, failures
 
 
@@ -232,6 +303,11 @@ def main() -> int:
     log = tag_launches()
     n_kernel, failures = kernel_cases(
         focal_triton.triton_loss, lambda *a: eager_loss(dense_pass, *a))
+    n_grad, grad_failures = grad_cases(
+        focal_triton.triton_grad, lambda *a: eager_loss(dense_pass, *a))
+    n_column, column_failures = column_cases(
+        focal_triton.triton_loss, lambda *a: eager_loss(dense_pass, *a))
+    failures += grad_failures + column_failures
     del log[:]
     with warnings.catch_warnings():
         warnings.filterwarnings('error', message='RetinaFocalLoss')  # no silent fallback
@@ -239,7 +315,8 @@ def main() -> int:
         triton_calls = len(log)
         counts = launch_cases(RetinaFocalLoss)
     failures += loss_failures + segment_grad_cases(RetinaFocalLoss)
-    print(json.dumps({'kernel_cases': n_kernel, 'loss_cases': n_loss,
+    print(json.dumps({'kernel_cases': n_kernel, 'grad_cases': n_grad,
+                      'column_cases': n_column, 'loss_cases': n_loss,
                       'triton_calls': triton_calls,
                       'launches': {k: v[0] for k, v in counts.items()},
                       'syncs': {k: v[1] for k, v in counts.items()}, 'failures': failures}))

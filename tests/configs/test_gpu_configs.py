@@ -1,5 +1,6 @@
-"""The bf16 / channels-last / frozen-BN config: stock mmdet weights load strictly, and a training
-step of its model on CPU (fp32, and bf16 under CPU autocast) gives the baseline's losses.
+"""The GPU-native configs (fp32: channels-last, frozen BN, pinned batches; bf16: the same in bf16
+autocast): stock mmdet weights load strictly, and a training step of their model on CPU (fp32,
+and bf16 under CPU autocast) gives the baseline's losses.
 
 ``AmpOptimWrapper`` refuses to build without a GPU: the CPU steps use a plain ``OptimWrapper``
 with the same model, data preprocessor and channels-last hook.
@@ -22,6 +23,8 @@ from mmdet_retina_plugin.engine.hooks import RetinaChannelsLastHook
 
 CONFIGS = Path(__file__).resolve().parents[2] / 'configs' / 'retinanet'
 CL = torch.channels_last
+GPU_CONFIG = 'retina-plugin_r50_fpn_gpu-1x_coco.py'
+BF16_CONFIG = 'retina-plugin_r50_fpn_bf16-1x_coco.py'
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -78,8 +81,17 @@ def losses_and_grads(model: torch.nn.Module, autocast_bf16: bool = False):
     return log_vars, [g.float() for g in grads]
 
 
+def test_bf16_config_is_the_gpu_config_in_bf16():
+    gpu, bf16 = (Config.fromfile(str(CONFIGS / name)) for name in (GPU_CONFIG, BF16_CONFIG))
+    assert bf16.optim_wrapper.type == 'AmpOptimWrapper' and bf16.optim_wrapper.dtype == 'bfloat16'
+    assert gpu.optim_wrapper.type == 'OptimWrapper'
+    for key in ('model', 'custom_hooks', 'train_dataloader', 'val_dataloader', 'test_dataloader'):
+        assert gpu[key] == bf16[key], key
+    assert bf16.optim_wrapper.optimizer == gpu.optim_wrapper.optimizer
+
+
 def test_stock_r50_retinanet_loads_strictly(stock_state):
-    ours = build('retina-plugin_r50_fpn_bf16-1x_coco.py')
+    ours = build(BF16_CONFIG)
     assert list(ours.state_dict()) == list(stock_state)
     ours.load_state_dict(stock_state, strict=True)
     for name in ('backbone.layer1.0.bn1.running_var', 'backbone.bn1.weight'):
@@ -87,7 +99,7 @@ def test_stock_r50_retinanet_loads_strictly(stock_state):
 
 
 def test_custom_hooks_build():
-    cfg = Config.fromfile(str(CONFIGS / 'retina-plugin_r50_fpn_bf16-1x_coco.py'))
+    cfg = Config.fromfile(str(CONFIGS / BF16_CONFIG))
     hooks = [HOOKS.build(h) for h in cfg.custom_hooks]
     assert [type(h).__name__ for h in hooks] == ['RetinaNonFiniteGuardHook',
                                                 'RetinaChannelsLastHook']
@@ -98,7 +110,7 @@ def test_fp32_training_step_equals_the_baselines(stock_state):
     losses and gradients (to float32 rounding of another summation order)."""
     baseline = build('retina-plugin_r50_fpn_1x_coco.py')
     baseline.load_state_dict(stock_state, strict=True)
-    ours = build('retina-plugin_r50_fpn_bf16-1x_coco.py')
+    ours = build(BF16_CONFIG)
     ours.load_state_dict(stock_state, strict=True)
     params = list(ours.parameters())
     RetinaChannelsLastHook().before_train(SimpleNamespace(model=ours))
@@ -118,7 +130,7 @@ def test_fp32_training_step_equals_the_baselines(stock_state):
 
 
 def test_bf16_autocast_training_step_runs_close_to_fp32(stock_state):
-    ours = build('retina-plugin_r50_fpn_bf16-1x_coco.py')
+    ours = build(BF16_CONFIG)
     ours.load_state_dict(stock_state, strict=True)
     RetinaChannelsLastHook().before_train(SimpleNamespace(model=ours))
     expected, _ = losses_and_grads(copy.deepcopy(ours))
@@ -131,8 +143,8 @@ def test_bf16_autocast_training_step_runs_close_to_fp32(stock_state):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='AmpOptimWrapper needs a GPU')
 def test_on_a_gpu_the_config_trains_in_bf16_where_stock_fails(stock_state):
-    cfg = Config.fromfile(str(CONFIGS / 'retina-plugin_r50_fpn_bf16-1x_coco.py'))
-    ours = build('retina-plugin_r50_fpn_bf16-1x_coco.py')
+    cfg = Config.fromfile(str(CONFIGS / BF16_CONFIG))
+    ours = build(BF16_CONFIG)
     ours.load_state_dict(stock_state, strict=True)
     ours.cuda()
     RetinaChannelsLastHook().before_train(SimpleNamespace(model=ours))
@@ -149,18 +161,17 @@ def test_on_a_gpu_the_config_trains_in_bf16_where_stock_fails(stock_state):
         stock.train_step(batch(), build_optim_wrapper(stock, cfg.optim_wrapper))
 
 
-def test_runner_trains_and_tests_the_config_on_tiny_data(tmp_path):
-    """mmengine's Runner on the config as mim runs it, on 4 + 2 synthetic 128 px images:
-    the hooks, pinned loaders and preprocessor work together (fp32: no GPU for bf16)."""
+def test_runner_trains_and_tests_the_gpu_config_on_tiny_data(tmp_path):
+    """mmengine's Runner on the fp32 GPU config as mim runs it, on 4 + 2 synthetic 128 px
+    images: the hooks, pinned loaders and preprocessor work together (on the CPU here)."""
     from mmengine.runner import Runner
 
     from mmdet_retina_plugin.datasets.synthetic_shapes import CLASSES, make_dataset
 
     root = tmp_path / 'data'
     make_dataset(str(root), num_train=4, num_val=2, image_size=(128, 128), seed=0)
-    cfg = Config.fromfile(str(CONFIGS / 'retina-plugin_r50_fpn_bf16-1x_coco.py'))
+    cfg = Config.fromfile(str(CONFIGS / GPU_CONFIG))
     cfg.model.backbone.init_cfg = None
-    cfg.optim_wrapper = dict(type='OptimWrapper', optimizer=cfg.optim_wrapper.optimizer)
     for loader, split in (('train', 'train'), ('val', 'val'), ('test', 'val')):
         loader = cfg[f'{loader}_dataloader']
         loader.update(batch_size=2, num_workers=0, persistent_workers=False)
