@@ -8,8 +8,7 @@
 * ``eager``: everything else, and every call after a backend failed once (warned once).
 
 Every backend takes the same arguments and returns the same scaled loss and gradient (see
-``focal_triton.triton_loss``). On Triton, backward recomputes the gradient in one pass
-(``focal_triton.triton_grad``) instead of forward writing it.
+``focal_triton.triton_loss``).
 """
 from __future__ import annotations
 
@@ -65,7 +64,7 @@ class FocalBackends:
     def run(self, pred: Tensor, target: Tensor, weight: Optional[Tensor],
             avg_factor: Optional[Tensor], factor: float, gamma: float, alpha: Optional[float],
             segments: Optional[Sequence[int]], reduce_sum: bool, need_grad: bool,
-            compile_min_numel: Optional[int], grad_later: bool = False) -> Pair:
+            compile_min_numel: Optional[int]) -> Pair:
         """The scaled loss and gradient on the chosen backend, eager where that one failed.
 
         Args:
@@ -81,20 +80,16 @@ class FocalBackends:
             need_grad (bool): also return the scaled derivative.
             compile_min_numel (int | None): compile inputs from this many elements on;
                 ``None`` never compiles.
-            grad_later (bool): with ``need_grad``, on Triton skip the derivative: backward
-                recomputes it in one fused pass (:meth:`grad`), less memory traffic than
-                writing it here and scaling it there.
 
         Returns:
             tuple[Tensor, Tensor | None]: loss (0-d, ``(L,)`` or ``(N, K)``) and the scaled
-            derivative ``(N, K)`` (None if not asked for, or left for later on Triton).
+            derivative ``(N, K)`` (None if not asked for).
         """
-        name = self.choose(pred, compile_min_numel)
-        on_triton = name == 'triton' and not self.failed.get(name)
         args = (pred, target, weight, avg_factor, factor, gamma, alpha, segments, reduce_sum,
-                need_grad and not (on_triton and grad_later))
+                need_grad)
+        name = self.choose(pred, compile_min_numel)
         out = None
-        if on_triton:
+        if name == 'triton' and not self.failed.get(name):
             out = self._try(name, lambda: self._triton().triton_loss(*args))
         elif name == 'torch.compile' and not self.failed.get(name):
             out = self._try(name, lambda: self._run_compiled(*args))
@@ -102,8 +97,9 @@ class FocalBackends:
 
     def grad(self, grad_out: Tensor, *loss_args: Any,
              compile_min_numel: Optional[int]) -> Tensor:
-        """The gradient of :meth:`run`'s loss given its incoming gradient: one fused pass on
-        Triton, else the scaled derivative times ``grad_out``.
+        """The gradient of :meth:`run`'s loss given its incoming gradient, recomputed (a second
+        backward over a retained graph): one fused pass on Triton, else the scaled derivative
+        times ``grad_out``.
 
         Args:
             grad_out (Tensor): incoming gradient: 0-d, ``(L,)`` per segment, or ``(N, K)``.
@@ -122,9 +118,9 @@ class FocalBackends:
         derivative = self.run(*loss_args, True, compile_min_numel)[1]
         return self.scale_grad(derivative, grad_out, loss_args[7])
 
-    @staticmethod
-    def scale_grad(grad: Tensor, grad_out: Tensor, segments: Optional[Sequence[int]]) -> Tensor:
-        """``grad`` times the incoming gradient ``grad_out``, in place.
+    def scale_grad(self, grad: Tensor, grad_out: Tensor,
+                   segments: Optional[Sequence[int]]) -> Tensor:
+        """``grad`` times the incoming gradient ``grad_out``, in place (one launch on Triton).
 
         Args:
             grad (Tensor): ``(N, K)`` derivative of the sum of the loss's entries.
@@ -134,6 +130,8 @@ class FocalBackends:
         Returns:
             Tensor: ``grad``.
         """
+        if on_triton_device(grad) and not self.failed.get('triton'):
+            return self._triton().scale_grad(grad, grad_out, segments)
         if segments and grad_out.dim() == 1:
             period = sum(segments)
             per_row = grad_out.to(grad.dtype).repeat_interleave(

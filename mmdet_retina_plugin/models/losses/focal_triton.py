@@ -4,10 +4,13 @@ One pass reads the logits, the class indices (or one-hot / soft targets) and the
 their own dtypes and writes, as asked, one partial loss sum per program (per segment with
 ``segments``) or the elementwise loss, and the gradient in the logits' dtype, scaled by
 ``loss_weight / avg_factor`` and, in backward, by the incoming gradient. A forward + backward
-is three launches: the loss pass, the sum of its partials (:func:`triton_loss`), and
-backward's gradient pass (:func:`triton_grad`), which recomputes the terms instead of reading
-a gradient saved by forward: two passes over ``(n, K)`` memory fewer. ``avg_factor`` and the
-incoming gradient are read from device memory, never copied to the host.
+is three launches: the pass writing the partial sums and the gradient, the sum of the
+partials (:func:`triton_loss`), and backward's scaling by the incoming gradient
+(:func:`scale_grad`). The kernel is bound by its arithmetic (exp, log, reciprocals), not by
+memory, so computing the terms once and scaling them in a memory-bound pass beats recomputing
+them in backward; :func:`triton_grad` recomputes them in one pass where forward's gradient is
+gone (a second backward over a retained graph). ``avg_factor`` and the incoming gradient are
+read from device memory, never copied to the host.
 
 Imported lazily by ``focal_backends`` (importing it imports ``triton``). The math mirrors
 ``focal_reference.focal_terms`` term by term, in fp32; the tests compare the two.
@@ -25,8 +28,9 @@ from torch import Tensor
 
 from .focal_eager import AVG_EPS
 
-# Elements per program's tile (rows x next power of 2 >= K columns)
-_TILE = 2048
+_BLOCK = 1024
+# _small_floordiv is exact below this
+_SMALL_DIV_LIMIT = 1 << 22
 # Kernel specialisations (compile-time constants; the kernel tests the same literal values).
 _GAMMA_ZERO, _GAMMA_TWO, _GAMMA_ANY = 0, 2, 1
 _NO_WEIGHT, _ROW_WEIGHT, _ELEM_WEIGHT = 0, 1, 2
@@ -49,40 +53,96 @@ def _segment_of(pos, bounds_ptr, NUM_SEG: tl.constexpr):
 
 
 @triton.jit
+def _small_floordiv(a, b):
+    """``a // b`` of int32 ``0 <= a < 2**22`` by an int ``b >= 1``, in fp32: exact, since
+    ``(a + 0.5) / b`` is at least ``0.5 / b`` away from an integer, more than fp32's rounding
+    of the product can move it for such ``a``. A few instructions instead of an integer
+    division (a 64-bit one per element made the kernel compute-bound)."""
+    return ((a.to(tl.float32) + 0.5) * (1.0 / b.to(tl.float32))).to(tl.int32)
+
+
+@triton.jit
+def _block_rows(numel, num_classes, BLOCK: tl.constexpr):
+    """This program's block of ``BLOCK`` flat elements of the ``(n, K)`` rows: its first flat
+    index, the in-block offsets and mask, the block's first row, and each element's row
+    offset from it and class. The kernels are bound by their arithmetic, not by memory: the
+    64-bit index math is done once per block, the per-element math in 32 bits, with no
+    integer division (one of 64 bits per element made the kernel compute-bound)."""
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    offs = tl.arange(0, BLOCK)
+    mask = offs < tl.minimum(numel - start, BLOCK).to(tl.int32)
+    row0 = start // num_classes
+    lin = (start - row0 * num_classes).to(tl.int32) + offs  # < BLOCK + K
+    drow = _small_floordiv(lin, num_classes)
+    return start, offs, mask, row0, drow, lin - drow * num_classes
+
+
+@triton.jit
+def _block_segments(row0, drow, period, bounds_ptr, NUM_SEG: tl.constexpr,
+                    WIDE_PERIOD: tl.constexpr):
+    """The segment of each element's row ``row0 + drow`` (rows repeat every ``period``)."""
+    if WIDE_PERIOD:
+        in_image = (row0 + drow) % period
+    else:  # the first row's position in its image, then small exact divisions
+        in_image = (row0 % period).to(tl.int32) + drow  # < period + BLOCK
+        in_image -= _small_floordiv(in_image, period) * period
+    return _segment_of(in_image, bounds_ptr, NUM_SEG)
+
+
+@triton.jit
+def _block_segment(numel, num_classes, period, bounds_ptr, NUM_SEG: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """The one segment holding every row of this program's block, or -1 where the block
+    crosses a segment (or image) boundary: a block of K = 80 classes spans ~13 rows, a pyramid
+    level hundreds or more, so most blocks take the scalar path."""
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    last = tl.minimum(start + BLOCK, numel) - 1
+    first_row, last_row = start // num_classes, last // num_classes
+    first_pos = first_row % period
+    first = _segment_of(first_pos, bounds_ptr, NUM_SEG)
+    same_image = first_pos + (last_row - first_row) < period
+    last = _segment_of(last_row % period, bounds_ptr, NUM_SEG)
+    return tl.where(same_image & (first == last), first, -1)
+
+
+@triton.jit
+def _log1p_unit(e):
+    """``log1p(e)`` for ``0 <= e <= 1`` to fp32 accuracy, as ``2 atanh(s)``, ``s = e / (2 + e)
+    <= 1/3``: seven terms of its odd series (the first left out is below 2**-25 of the sum),
+    fewer instructions than a general logarithm, and no rounding of ``1 + e`` to correct."""
+    s = e / (2.0 + e)
+    t = s * s
+    poly = 1.0 + t * (1.0 / 3 + t * (1.0 / 5 + t * (1.0 / 7 + t * (1.0 / 9 + t * (
+        1.0 / 11 + t * (1.0 / 13))))))
+    return 2.0 * s * poly
+
+
+@triton.jit
 def _focal_kernel(x_ptr, label_ptr, t_ptr, w_ptr, avg_ptr, gout_ptr, grad_ptr, out_ptr,
-                  bounds_ptr, num_rows, num_classes, period, gout_stride, factor, alpha, gamma,
+                  bounds_ptr, numel, num_classes, period, gout_stride, factor, alpha, gamma,
                   eps, TARGET: tl.constexpr, W_MODE: tl.constexpr, USE_ALPHA: tl.constexpr,
                   GAMMA_MODE: tl.constexpr, HAS_AVG: tl.constexpr, LOSS_MODE: tl.constexpr,
-                  NUM_SEG: tl.constexpr, GRAD_MODE: tl.constexpr, ROWS: tl.constexpr,
-                  COLS: tl.constexpr):
-    # A tile of ROWS rows x COLS (>= K) columns: an element's row and class come from the tile's
-    # shape, not from a division of its flat index (64-bit division made the kernel
-    # compute-bound); per-row loads (labels, row weights, segments) are one per row.
+                  NUM_SEG: tl.constexpr, WIDE_PERIOD: tl.constexpr, GRAD_MODE: tl.constexpr,
+                  BLOCK: tl.constexpr):
     pid = tl.program_id(0)
-    rows = pid * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, COLS)
-    row_ok = rows < num_rows
-    mask = row_ok[:, None] & (cols < num_classes)[None, :]
-    offs = rows.to(tl.int64)[:, None] * num_classes + cols[None, :]
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    start, offs, mask, row0, drow, col = _block_rows(numel, num_classes, BLOCK)
+    x = tl.load(x_ptr + start + offs, mask=mask, other=0.0).to(tl.float32)
     e = tl.exp(-tl.abs(x))
-    u = 1.0 + e
-    r = 1.0 / u
+    r = 1.0 / (1.0 + e)
     nonneg = x >= 0
     p = tl.where(nonneg, r, e * r)
     p_c = tl.where(nonneg, e * r, r)
-    # log1p(e) from log(u), corrected by the rounding error of u = 1 + e (no libdevice needed)
-    softplus = tl.maximum(x, 0.0) + tl.log(u) - ((u - 1.0) - e) / u
+    softplus = tl.maximum(x, 0.0) + _log1p_unit(e)
     if TARGET == 0:  # class indices: the one positive of a row is where the column is its label
-        label = tl.load(label_ptr + rows, mask=row_ok, other=-1)
-        pos = cols[None, :] == label[:, None]
+        label = tl.load(label_ptr + row0 + drow, mask=mask, other=-1)
+        pos = col == label
         q = tl.where(pos, p_c, p)
         bce = tl.where(pos, softplus - x, softplus)
         dbce = tl.where(pos, -p_c, p)
         sign = tl.where(pos, -1.0, 1.0)
         a = tl.where(pos, alpha, 1.0 - alpha)
     else:
-        t = tl.load(t_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        t = tl.load(t_ptr + start + offs, mask=mask, other=0.0).to(tl.float32)
         q = t * p_c + (1.0 - t) * p
         bce = softplus - x * t
         dbce = (1.0 - t) * p - t * p_c
@@ -105,39 +165,66 @@ def _focal_kernel(x_ptr, label_ptr, t_ptr, w_ptr, avg_ptr, gout_ptr, grad_ptr, o
         loss = a * mod * bce
         grad = a * (dmod * sign * (p * p_c) * bce + mod * dbce)
     if W_MODE == 1:
-        w = tl.load(w_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+        w = tl.load(w_ptr + row0 + drow, mask=mask, other=0.0).to(tl.float32)
         loss = loss * w
         grad = grad * w
     elif W_MODE == 2:
-        w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + start + offs, mask=mask, other=0.0).to(tl.float32)
         loss = loss * w
         grad = grad * w
     scale = factor
     if HAS_AVG:
         scale = factor / (tl.load(avg_ptr).to(tl.float32) + eps)
     if NUM_SEG > 1:
-        seg = _segment_of(rows % period, bounds_ptr, NUM_SEG)  # (ROWS,)
+        block_seg = _block_segment(numel, num_classes, period, bounds_ptr, NUM_SEG, BLOCK)
     if GRAD_MODE != 0:
         grad = grad * scale
         if GRAD_MODE == 2:  # the incoming gradient of a 0-d loss
             grad = grad * tl.load(gout_ptr).to(tl.float32)
         elif GRAD_MODE == 3:  # of a per-segment loss
-            grad = grad * tl.load(gout_ptr + seg * gout_stride, mask=row_ok,
-                                  other=0.0).to(tl.float32)[:, None]
+            if block_seg >= 0:
+                grad = grad * tl.load(gout_ptr + block_seg * gout_stride).to(tl.float32)
+            else:
+                seg = _block_segments(row0, drow, period, bounds_ptr, NUM_SEG, WIDE_PERIOD)
+                grad = grad * tl.load(gout_ptr + seg * gout_stride, mask=mask,
+                                      other=0.0).to(tl.float32)
         elif GRAD_MODE == 4:  # of an elementwise loss
-            grad = grad * tl.load(gout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(grad_ptr + offs, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+            grad = grad * tl.load(gout_ptr + start + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(grad_ptr + start + offs, grad.to(grad_ptr.dtype.element_ty), mask=mask)
     if LOSS_MODE == 2:
-        tl.store(out_ptr + offs, loss * scale, mask=mask)
+        tl.store(out_ptr + start + offs, loss * scale, mask=mask)
     elif LOSS_MODE == 1:
         # partial sums per program (and segment), summed by torch after: no atomics
-        row_loss = tl.sum(tl.where(mask, loss, 0.0), axis=1)
+        loss = tl.where(mask, loss, 0.0)
         if NUM_SEG == 1:
-            tl.store(out_ptr + pid, tl.sum(row_loss, axis=0) * scale)
-        else:
+            tl.store(out_ptr + pid, tl.sum(loss, axis=0) * scale)
+        elif block_seg >= 0:  # one sum, stored in its segment's column
+            total = tl.sum(loss, axis=0) * scale
             for s in tl.static_range(NUM_SEG):
-                part = tl.sum(tl.where(seg == s, row_loss, 0.0), axis=0) * scale
+                tl.store(out_ptr + pid * NUM_SEG + s, tl.where(block_seg == s, total, 0.0))
+        else:
+            seg = _block_segments(row0, drow, period, bounds_ptr, NUM_SEG, WIDE_PERIOD)
+            for s in tl.static_range(NUM_SEG):
+                part = tl.sum(tl.where(seg == s, loss, 0.0), axis=0) * scale
                 tl.store(out_ptr + pid * NUM_SEG + s, part)
+
+
+@triton.jit
+def _scale_kernel(grad_ptr, gout_ptr, gout_stride, bounds_ptr, numel, num_classes, period,
+                  NUM_SEG: tl.constexpr, WIDE_PERIOD: tl.constexpr, BLOCK: tl.constexpr):
+    start, offs, mask, row0, drow, _ = _block_rows(numel, num_classes, BLOCK)
+    grad = tl.load(grad_ptr + start + offs, mask=mask, other=0.0).to(tl.float32)
+    if NUM_SEG > 1:
+        block_seg = _block_segment(numel, num_classes, period, bounds_ptr, NUM_SEG, BLOCK)
+        if block_seg >= 0:
+            grad = grad * tl.load(gout_ptr + block_seg * gout_stride).to(tl.float32)
+        else:
+            seg = _block_segments(row0, drow, period, bounds_ptr, NUM_SEG, WIDE_PERIOD)
+            grad = grad * tl.load(gout_ptr + seg * gout_stride, mask=mask,
+                                  other=0.0).to(tl.float32)
+    else:
+        grad = grad * tl.load(gout_ptr).to(tl.float32)
+    tl.store(grad_ptr + start + offs, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
 def _bounds(segments: Sequence[int], device: torch.device) -> Tensor:
@@ -152,6 +239,11 @@ def _bounds(segments: Sequence[int], device: torch.device) -> Tensor:
     return _BOUNDS[key]
 
 
+def _wide_period(segments: Optional[Sequence[int]]) -> bool:
+    """Whether an image's rows are too many for :func:`_block_segments`' small divisions."""
+    return segments is not None and sum(segments) + _BLOCK >= _SMALL_DIV_LIMIT
+
+
 def _launch(pred: Tensor, target: Tensor, weight: Optional[Tensor], avg_factor: Optional[Tensor],
             factor: float, gamma: float, alpha: Optional[float],
             segments: Optional[Sequence[int]], loss_mode: int, grad_mode: int,
@@ -161,9 +253,11 @@ def _launch(pred: Tensor, target: Tensor, weight: Optional[Tensor], avg_factor: 
     ``grad_out`` of a 0-d, per-segment or elementwise loss). Returns ``(out, grad)``."""
     pred = pred.contiguous()
     n, k = pred.shape
-    cols = triton.next_power_of_2(k)
-    rows = max(1, _TILE // cols)
-    programs = triton.cdiv(n, rows)
+    if k + _BLOCK >= _SMALL_DIV_LIMIT:
+        raise ValueError(f'the Triton focal loss takes fewer than {_SMALL_DIV_LIMIT - _BLOCK} '
+                         f'classes, got {k}')
+    numel = pred.numel()
+    programs = triton.cdiv(numel, _BLOCK)
     num_seg = len(segments) if segments is not None else 1
     if grad_mode == _GRAD_TIMES_SEGMENTS and num_seg == 1:
         grad_mode = _GRAD_TIMES_SCALAR  # the one segment's gradient, grad_out[0]
@@ -185,14 +279,14 @@ def _launch(pred: Tensor, target: Tensor, weight: Optional[Tensor], avg_factor: 
         pred if avg_factor is None else avg_factor,
         pred if grad_out is None else grad_out, pred if grad is None else grad,
         pred if out is None else out, _bounds(segments, device) if num_seg > 1 else pred,
-        n, k, sum(segments) if num_seg > 1 else 1,
+        numel, k, sum(segments) if num_seg > 1 else 1,
         grad_out.stride(0) if grad_mode == _GRAD_TIMES_SEGMENTS else 0, float(factor),
         0.0 if alpha is None else float(alpha), float(gamma), AVG_EPS,
         TARGET=_INDEX_TARGET if index else _DENSE_TARGET, W_MODE=w_mode,
         USE_ALPHA=alpha is not None,
         GAMMA_MODE=_GAMMA_ZERO if gamma == 0 else _GAMMA_TWO if gamma == 2 else _GAMMA_ANY,
         HAS_AVG=avg_factor is not None, LOSS_MODE=loss_mode, NUM_SEG=num_seg,
-        GRAD_MODE=grad_mode, ROWS=rows, COLS=cols)
+        WIDE_PERIOD=_wide_period(segments), GRAD_MODE=grad_mode, BLOCK=_BLOCK)
     return out, grad
 
 
@@ -261,3 +355,27 @@ def triton_grad(grad_out: Tensor, *loss_args: Any) -> Tensor:
         mode = _GRAD_TIMES_SCALAR
     return _launch(pred, target, weight, avg_factor, factor, gamma, alpha, segments, _NO_LOSS,
                    mode, grad_out)[1]
+
+
+def scale_grad(grad: Tensor, grad_out: Tensor, segments: Optional[Sequence[int]]) -> Tensor:
+    """``grad`` times the incoming gradient, in place, in one launch (read on the device in
+    its own dtype: no host sync, no cast of it first).
+
+    Args:
+        grad (Tensor): ``(n, K)`` derivative of the sum of the loss's entries.
+        grad_out (Tensor): incoming gradient of the loss: 0-d, ``(L,)`` per segment, or
+            ``(n, K)`` elementwise.
+        segments (Sequence[int] | None): the segments of a per-segment loss.
+
+    Returns:
+        Tensor: ``grad``.
+    """
+    if grad_out.dim() == 2:
+        return grad.mul_(grad_out)
+    per_segment = segments is not None and len(segments) > 1
+    _scale_kernel[(triton.cdiv(grad.numel(), _BLOCK),)](
+        grad, grad_out, grad_out.stride(0) if per_segment else 0,
+        _bounds(segments, grad.device) if per_segment else grad, grad.numel(), grad.shape[1],
+        sum(segments) if per_segment else 1, NUM_SEG=len(segments) if per_segment else 1,
+        WIDE_PERIOD=_wide_period(segments), BLOCK=_BLOCK)
+    return grad

@@ -7,7 +7,7 @@ The pieces, each in its own file:
 * ``focal_eager.py``: the loss of ``(N, K)`` rows in eager torch, loss and gradient in one
   sweep, class indices fixed up without a one-hot tensor (CPU; fused by ``torch.compile``);
 * ``focal_triton.py``: the same in one Triton kernel (CUDA): forward + backward in 3 launches
-  (the loss pass, the sum of its partials, backward's gradient pass);
+  (the loss and gradient pass, the sum of its partials, backward's scaling);
 * ``focal_backends.py``: which of them runs;
 * this file: the module (mmdet's arguments, shapes and reductions) and the autograd function.
 
@@ -37,14 +37,13 @@ BACKENDS = FocalBackends()
 
 
 class SigmoidFocalLossFunction(torch.autograd.Function):
-    """The scaled focal loss (summed, per segment or elementwise) with a closed-form gradient.
+    """The scaled focal loss (summed, per segment or elementwise) with a precomputed gradient.
 
-    On Triton, forward computes the loss only and backward the gradient times the incoming
-    gradient, in one fused pass each. On the other backends forward computes the derivative
-    in the same sweep as the loss (already scaled) and backward multiplies it by the incoming
-    gradient in place; the inputs are saved too, so that a second backward over a retained
-    graph can recompute it (the first backward hands its buffer to the caller). ``target``,
-    ``weight`` and ``avg_factor`` get no gradient (as in mmcv's CUDA op).
+    The derivative is computed in forward, in the same pass as the loss (already scaled), and
+    multiplied by the incoming gradient in place in backward. The inputs are saved too, so that
+    a second backward over a retained graph can recompute it (the first backward hands its
+    buffer to the caller). ``target``, ``weight`` and ``avg_factor`` get no gradient (as in
+    mmcv's CUDA op).
     """
 
     @staticmethod
@@ -54,7 +53,7 @@ class SigmoidFocalLossFunction(torch.autograd.Function):
                 compile_min_numel: Optional[int]) -> Tensor:
         args = (factor, gamma, alpha, segments, reduce_sum)
         loss, grad = BACKENDS.run(pred, target, weight, avg_factor, *args, True,
-                                  compile_min_numel, grad_later=True)
+                                  compile_min_numel)
         ctx.save_for_backward(pred, target, weight, avg_factor)
         ctx.grad = grad
         ctx.config = (args, compile_min_numel)

@@ -1,8 +1,8 @@
 """The Triton focal kernel, tested without a GPU: ``triton_interpreter_sweep.py`` runs it in
 Triton's CPU interpreter, in one subprocess so that ``TRITON_INTERPRET=1`` (read when Triton is
 imported) reaches no other test. Also the launch budget of a forward + backward on the Triton
-path: at most 3 launches (the loss pass, the sum of its partials, backward's gradient pass) and
-no host synchronisation, whatever the targets, segments or dtype."""
+path: at most 3 launches (the loss and gradient pass, the sum of its partials, backward's
+scaling) and no host synchronisation, whatever the targets, segments or dtype."""
 from pathlib import Path
 
 from interpreter_sweep import run_interpreter_sweep
@@ -17,10 +17,12 @@ def test_triton_kernel_under_interpreter_matches_eager_and_mmdet():
     # 3 gammas x 3 weight modes x 2 targets x 5 incoming gradients x 3 dtypes
     assert report['grad_cases'] == 270
     assert report['column_cases'] == 12  # 2 targets x 3 reductions x gradient or not
-    # 2 targets x 3 dtypes x 3 calls x 2 gammas, all on Triton: forward's loss pass and
-    # backward's gradient pass, then a forward without gradient
+    assert report['wide_cases'] == 3
+    assert report['block_segment_cases'] == 3
+    # 2 targets x 3 dtypes x 3 calls x 2 gammas, all on Triton: the loss kernel with and
+    # without gradient, and backward's scaling kernel except for the elementwise loss (12)
     assert report['loss_cases'] == 36
-    assert report['triton_calls'] == 36 * 3
+    assert report['triton_calls'] == 36 * 3 - 12
     assert set(report['launches']) == {'index', 'onehot', 'segments', 'index_bf16'}
     for case, launches in report['launches'].items():
         assert 2 <= launches <= 3, f'{case}: {launches} launches'

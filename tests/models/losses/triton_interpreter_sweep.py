@@ -7,18 +7,21 @@ it when imported; a subprocess keeps it out of every other test). Checks
   specialisation: gamma 0 / 2 / 1.5, no / per-anchor / per-element weights, class-index / soft
   targets, elementwise / summed / per-segment, with / without gradient, each in fp32, fp16 and
   bf16, alpha on and off, scale from a float or a device ``avg_factor``;
-* one-class ``(n, 1)`` inputs (a tile of one column), every reduction;
-* backward's ``focal_triton.triton_grad`` against the eager derivative times a 0-d,
-  per-segment, elementwise or expanded incoming gradient, for the same specialisations;
+* one-class ``(n, 1)`` inputs (a block spans 1024 rows), every reduction;
+* the index path for images of ~4M anchors, and the refusal of ~4M classes;
+* per-segment sums and scaling where blocks lie inside one segment and where they cross one;
+* ``focal_triton.triton_grad`` (a second backward's fused recomputation) against the eager
+  derivative times a 0-d, per-segment, elementwise or expanded incoming gradient, for the same
+  specialisations, and end to end over a retained graph;
 * ``RetinaFocalLoss`` end to end on CPU tensors (the backend picks Triton under the
   interpreter) against mmdet's ``FocalLoss``, losses and gradients;
 * the launches of a forward + backward on the Triton path: Triton kernels plus the ATen ops that
   do work (allocations, views and the interpreter's own copies inside a launch not counted),
   and the host-synchronising ops among them.
 
-Prints one JSON line: ``{"kernel_cases", "grad_cases", "column_cases", "loss_cases",
-"triton_calls", "launches", "syncs", "failures"}``, or ``{"skip": reason}`` where Triton does
-not import. Exits 1 if anything differs.
+Prints one JSON line: ``{"kernel_cases", "grad_cases", "column_cases", "wide_cases",
+"block_segment_cases", "loss_cases", "triton_calls", "launches", "syncs", "failures"}``, or
+``{"skip": reason}`` where Triton does not import. Exits 1 if anything differs.
 """
 import itertools
 import json
@@ -32,7 +35,7 @@ import torch
 from torch import Tensor
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-N, K = 150, 9  # two programs of 128 rows x 16 columns: masked rows and masked columns
+N, K = 150, 9  # 1350 elements: two kernel programs of 1024, the second one masked
 SEGMENTS = (4, 0, 7, 4)  # 15 rows per image, 10 images; an empty segment too
 # ATen ops that launch no work of their own: allocations, views, metadata.
 NO_WORK = {'aten::empty', 'aten::empty_like', 'aten::empty_strided', 'aten::new_empty',
@@ -86,10 +89,10 @@ def kernel_cases(triton_loss: Callable, eager_loss: Callable) -> Tuple[int, List
 
 def column_cases(triton_loss: Callable, eager_loss: Callable) -> Tuple[int, List[str]]:
     """One class (``(n, 1)``: a float target of any other shape becomes such a column), a
-    tile of 2048 rows x 1 column: index and soft targets, every reduction, with and without
+    block of 1024 rows: index and soft targets, every reduction, with and without
     gradient."""
     g = torch.Generator().manual_seed(5)
-    n = 2100  # two programs, the second one mostly masked
+    n = 2100  # three programs, the last one mostly masked
     logits = torch.randn(n, 1, generator=g) * 3
     targets = {'index': torch.randint(0, 2, (n,), generator=g),
                'soft': torch.rand(n, 1, generator=g)}
@@ -111,6 +114,67 @@ def column_cases(triton_loss: Callable, eager_loss: Callable) -> Tuple[int, List
             failures.append(f'column target={tname} reduce={rname} grad={need_grad}: '
                             f'{traceback.format_exc(limit=2)}')
     return count, failures
+
+
+def wide_cases(focal_triton: object, eager_loss: Callable) -> Tuple[int, List[str]]:
+    """The kernel's other index path, taken for images of ~4M anchors (their in-image row is a
+    64-bit remainder, not small exact divisions), and its refusal of ~4M classes: the limit
+    lowered here so that small inputs reach both."""
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(180, K, generator=g) * 3
+    labels = torch.randint(0, K + 1, (180,), generator=g)
+    segments, grad_out = (40, 50), torch.tensor([0.7, 1.3])
+    args = (logits, labels, None, torch.tensor(4.0), 1.0, 2.0, 0.25, segments, True)
+    limit = focal_triton._SMALL_DIV_LIMIT
+    focal_triton._SMALL_DIV_LIMIT = focal_triton._BLOCK + 60  # period 90 is wide, K 9 is not
+    failures = []
+    try:
+        loss, grad = focal_triton.triton_loss(*args, True)
+        want_loss, want_grad = eager_loss(*args, True)
+        close(loss, want_loss, 1e-5)
+        close(grad, want_grad, 1e-5)
+        seg_of_row = (torch.arange(180) % 90 >= 40).long()
+        close(focal_triton.triton_grad(grad_out, *args), want_grad * grad_out[seg_of_row][:, None],
+              1e-5)
+        try:
+            focal_triton.triton_loss(torch.randn(4, 70), torch.zeros(4, dtype=torch.long),
+                                     *args[2:], True)
+            failures.append('wide: 70 classes were not refused under a limit of 60')
+        except ValueError:
+            pass
+    except Exception:  # noqa: BLE001
+        failures.append(f'wide: {traceback.format_exc(limit=2)}')
+    finally:
+        focal_triton._SMALL_DIV_LIMIT = limit
+    return 3, failures
+
+
+def block_segment_cases(focal_triton: object, eager_loss: Callable) -> Tuple[int, List[str]]:
+    """Per-segment sums and gradients where some blocks lie inside one segment (their scalar
+    path) and others cross a segment or image boundary: 256 classes, 4 rows a block, images
+    of segments of 10, 0, 6 and 9 rows."""
+    g = torch.Generator().manual_seed(8)
+    segments, k, images = (10, 0, 6, 9), 256, 3
+    n = images * sum(segments)
+    logits = torch.randn(n, k, generator=g) * 3
+    labels = torch.randint(0, k + 1, (n,), generator=g)
+    args = (logits, labels, torch.rand(n, 1, generator=g), torch.tensor(3.0), 1.0, 2.0, 0.25,
+            segments, True)
+    grad_out = torch.tensor([0.5, 2.0, 1.5, 0.75])
+    seg_of_row = torch.bucketize(torch.arange(n) % sum(segments),
+                                 torch.tensor(segments).cumsum(0), right=True)
+    failures = []
+    try:
+        loss, grad = focal_triton.triton_loss(*args, True)
+        want_loss, want_grad = eager_loss(*args, True)
+        close(loss, want_loss, 1e-5)
+        close(grad, want_grad, 1e-5)
+        want = want_grad * grad_out[seg_of_row][:, None]
+        close(focal_triton.scale_grad(grad, grad_out, segments), want, 1e-5)
+        close(focal_triton.triton_grad(grad_out, *args), want, 1e-5)
+    except Exception:  # noqa: BLE001
+        failures.append(f'block segments: {traceback.format_exc(limit=2)}')
+    return 3, failures
 
 
 def grad_cases(triton_grad: Callable, eager_loss: Callable) -> Tuple[int, List[str]]:
@@ -213,6 +277,31 @@ def segment_grad_cases(retina_loss: Callable) -> List[str]:
     return failures
 
 
+def retained_graph_cases(retina_loss: Callable) -> List[str]:
+    """A second backward over a retained graph (forward's gradient is handed out by the first):
+    recomputed by the fused pass, equal to the eager path's autograd."""
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(N, K, generator=g)
+    labels = torch.randint(0, K + 1, (N,), generator=g)
+    weight, avg = torch.rand(N, generator=g), torch.tensor(6.0)
+    seed = torch.arange(1.0, 5.0)
+    grads = []
+    for eager in (False, True):
+        x = logits.clone().requires_grad_()
+        out = (focal_eager_loss(x, labels, weight, avg) if eager else
+               retina_loss()(x, labels, weight, avg_factor=avg, segments=SEGMENTS))
+        out.backward(seed, retain_graph=True)
+        first = x.grad.clone()
+        out.backward(seed * 2)
+        grads.append((first, x.grad))
+    try:
+        close(grads[0][0], grads[1][0], 1e-5)
+        close(grads[0][1], grads[1][1], 1e-5)
+    except AssertionError:
+        return [f'retained graph: {traceback.format_exc(limit=1)}']
+    return []
+
+
 def focal_eager_loss(x: Tensor, labels: Tensor, weight: Tensor, avg: Tensor) -> Tensor:
     """The eager per-segment loss, differentiated by autograd (the reference)."""
     from mmdet_retina_plugin.models.losses.focal_eager import dense_pass, eager_loss
@@ -307,16 +396,21 @@ def main() -> int:
         focal_triton.triton_grad, lambda *a: eager_loss(dense_pass, *a))
     n_column, column_failures = column_cases(
         focal_triton.triton_loss, lambda *a: eager_loss(dense_pass, *a))
-    failures += grad_failures + column_failures
+    n_wide, wide_failures = wide_cases(focal_triton, lambda *a: eager_loss(dense_pass, *a))
+    n_blocks, block_failures = block_segment_cases(
+        focal_triton, lambda *a: eager_loss(dense_pass, *a))
+    failures += grad_failures + column_failures + wide_failures + block_failures
     del log[:]
     with warnings.catch_warnings():
         warnings.filterwarnings('error', message='RetinaFocalLoss')  # no silent fallback
         n_loss, loss_failures = loss_cases(RetinaFocalLoss, FocalLoss)
         triton_calls = len(log)
         counts = launch_cases(RetinaFocalLoss)
-    failures += loss_failures + segment_grad_cases(RetinaFocalLoss)
+    failures += loss_failures + segment_grad_cases(RetinaFocalLoss) + \
+        retained_graph_cases(RetinaFocalLoss)
     print(json.dumps({'kernel_cases': n_kernel, 'grad_cases': n_grad,
-                      'column_cases': n_column, 'loss_cases': n_loss,
+                      'column_cases': n_column, 'wide_cases': n_wide,
+                      'block_segment_cases': n_blocks, 'loss_cases': n_loss,
                       'triton_calls': triton_calls,
                       'launches': {k: v[0] for k, v in counts.items()},
                       'syncs': {k: v[1] for k, v in counts.items()}, 'failures': failures}))
