@@ -196,17 +196,18 @@ def _focal_kernel(x_ptr, label_ptr, t_ptr, w_ptr, avg_ptr, gout_ptr, grad_ptr, o
     elif LOSS_MODE == 1:
         # partial sums per program (and segment), summed by torch after: no atomics
         loss = tl.where(mask, loss, 0.0)
+        programs = tl.num_programs(0)
         if NUM_SEG == 1:
             tl.store(out_ptr + pid, tl.sum(loss, axis=0) * scale)
-        elif block_seg >= 0:  # one sum, stored in its segment's column
+        elif block_seg >= 0:  # one sum, stored in its segment's row
             total = tl.sum(loss, axis=0) * scale
             for s in tl.static_range(NUM_SEG):
-                tl.store(out_ptr + pid * NUM_SEG + s, tl.where(block_seg == s, total, 0.0))
+                tl.store(out_ptr + s * programs + pid, tl.where(block_seg == s, total, 0.0))
         else:
             seg = _block_segments(row0, drow, period, bounds_ptr, NUM_SEG, WIDE_PERIOD)
             for s in tl.static_range(NUM_SEG):
                 part = tl.sum(tl.where(seg == s, loss, 0.0), axis=0) * scale
-                tl.store(out_ptr + pid * NUM_SEG + s, part)
+                tl.store(out_ptr + s * programs + pid, part)
 
 
 @triton.jit
@@ -265,7 +266,8 @@ def _launch(pred: Tensor, target: Tensor, weight: Optional[Tensor], avg_factor: 
     grad = torch.empty_like(pred) if grad_mode != _NO_GRAD else None
     out = None
     if loss_mode == _LOSS_SUMS:
-        out = torch.empty((programs, num_seg), device=device, dtype=torch.float32)
+        # (segments, programs): each segment's partials contiguous, summed along rows
+        out = torch.empty((num_seg, programs), device=device, dtype=torch.float32)
     elif loss_mode == _LOSS_ELEMENTS:
         out = torch.empty((n, k), device=device, dtype=torch.float32)
     index = target.dim() == 1
@@ -324,7 +326,7 @@ def triton_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor],
                         _GRAD_SCALED if need_grad else _NO_GRAD)
     if not reduce_sum:
         return out, grad
-    return (out.sum(0) if per_segment else out.sum()), grad
+    return (out.sum(1) if per_segment else out.sum()), grad
 
 
 def triton_grad(grad_out: Tensor, *loss_args: Any) -> Tensor:
