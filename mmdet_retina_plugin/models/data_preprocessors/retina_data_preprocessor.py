@@ -10,7 +10,7 @@ float32 rounding (oneDNN's NHWC kernels sum in another order).
 Training batches stay NCHW by default: training numerics stay bit-identical to mmdet's. On a
 GPU, channels-last training batches (``train_channels_last=True``) with channels-last weights
 (``RetinaChannelsLastHook``) spare cuDNN its NCHW<->NHWC conversions around every convolution
-(``configs/retinanet/retina-plugin_r50_fpn_bf16-1x_coco.py``).
+(``configs/retinanet/retina-plugin_r50_fpn_gpu-1x_coco.py`` and its bf16 variant).
 """
 from __future__ import annotations
 

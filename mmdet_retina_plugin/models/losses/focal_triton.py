@@ -57,7 +57,7 @@ def _small_floordiv(a, b):
     """``a // b`` of int32 ``0 <= a < 2**22`` by an int ``b >= 1``, in fp32: exact, since
     ``(a + 0.5) / b`` is at least ``0.5 / b`` away from an integer, more than fp32's rounding
     of the product can move it for such ``a``. A few instructions instead of an integer
-    division (a 64-bit one per element made the kernel compute-bound)."""
+    division."""
     return ((a.to(tl.float32) + 0.5) * (1.0 / b.to(tl.float32))).to(tl.int32)
 
 
@@ -65,9 +65,9 @@ def _small_floordiv(a, b):
 def _block_rows(numel, num_classes, BLOCK: tl.constexpr):
     """This program's block of ``BLOCK`` flat elements of the ``(n, K)`` rows: its first flat
     index, the in-block offsets and mask, the block's first row, and each element's row
-    offset from it and class. The kernels are bound by their arithmetic, not by memory: the
-    64-bit index math is done once per block, the per-element math in 32 bits, with no
-    integer division (one of 64 bits per element made the kernel compute-bound)."""
+    offset from it and class. The loss kernel is bound by its arithmetic, not by memory, so
+    index math counts: the 64-bit part is done once per block, the per-element part in 32
+    bits, with no integer division."""
     start = tl.program_id(0).to(tl.int64) * BLOCK
     offs = tl.arange(0, BLOCK)
     mask = offs < tl.minimum(numel - start, BLOCK).to(tl.int32)
