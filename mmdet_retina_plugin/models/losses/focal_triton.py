@@ -106,6 +106,20 @@ def _block_segment(numel, num_classes, period, bounds_ptr, NUM_SEG: tl.constexpr
 
 
 @triton.jit
+def _segment_grad_out(gout_ptr, gout_stride, block_seg, row0, drow, mask, period, bounds_ptr,
+                      NUM_SEG: tl.constexpr, WIDE_PERIOD: tl.constexpr):
+    """The incoming gradient of each element's segment, fp32: one load where the whole block
+    lies in one segment (``block_seg >= 0``, :func:`_block_segment`)."""
+    if block_seg >= 0:
+        g = tl.zeros_like(drow).to(tl.float32) + tl.load(
+            gout_ptr + block_seg * gout_stride).to(tl.float32)
+    else:
+        seg = _block_segments(row0, drow, period, bounds_ptr, NUM_SEG, WIDE_PERIOD)
+        g = tl.load(gout_ptr + seg * gout_stride, mask=mask, other=0.0).to(tl.float32)
+    return g
+
+
+@triton.jit
 def _log1p_unit(e):
     """``log1p(e)`` for ``0 <= e <= 1`` to fp32 accuracy, as ``2 atanh(s)``, ``s = e / (2 + e)
     <= 1/3``: seven terms of its odd series (the first left out is below 2**-25 of the sum),
@@ -182,12 +196,8 @@ def _focal_kernel(x_ptr, label_ptr, t_ptr, w_ptr, avg_ptr, gout_ptr, grad_ptr, o
         if GRAD_MODE == 2:  # the incoming gradient of a 0-d loss
             grad = grad * tl.load(gout_ptr).to(tl.float32)
         elif GRAD_MODE == 3:  # of a per-segment loss
-            if block_seg >= 0:
-                grad = grad * tl.load(gout_ptr + block_seg * gout_stride).to(tl.float32)
-            else:
-                seg = _block_segments(row0, drow, period, bounds_ptr, NUM_SEG, WIDE_PERIOD)
-                grad = grad * tl.load(gout_ptr + seg * gout_stride, mask=mask,
-                                      other=0.0).to(tl.float32)
+            grad = grad * _segment_grad_out(gout_ptr, gout_stride, block_seg, row0, drow, mask,
+                                            period, bounds_ptr, NUM_SEG, WIDE_PERIOD)
         elif GRAD_MODE == 4:  # of an elementwise loss
             grad = grad * tl.load(gout_ptr + start + offs, mask=mask, other=0.0).to(tl.float32)
         tl.store(grad_ptr + start + offs, grad.to(grad_ptr.dtype.element_ty), mask=mask)
@@ -217,12 +227,8 @@ def _scale_kernel(grad_ptr, gout_ptr, gout_stride, bounds_ptr, numel, num_classe
     grad = tl.load(grad_ptr + start + offs, mask=mask, other=0.0).to(tl.float32)
     if NUM_SEG > 1:
         block_seg = _block_segment(numel, num_classes, period, bounds_ptr, NUM_SEG, BLOCK)
-        if block_seg >= 0:
-            grad = grad * tl.load(gout_ptr + block_seg * gout_stride).to(tl.float32)
-        else:
-            seg = _block_segments(row0, drow, period, bounds_ptr, NUM_SEG, WIDE_PERIOD)
-            grad = grad * tl.load(gout_ptr + seg * gout_stride, mask=mask,
-                                  other=0.0).to(tl.float32)
+        grad = grad * _segment_grad_out(gout_ptr, gout_stride, block_seg, row0, drow, mask,
+                                        period, bounds_ptr, NUM_SEG, WIDE_PERIOD)
     else:
         grad = grad * tl.load(gout_ptr).to(tl.float32)
     tl.store(grad_ptr + start + offs, grad.to(grad_ptr.dtype.element_ty), mask=mask)

@@ -129,13 +129,8 @@ def wide_cases(focal_triton: object, eager_loss: Callable) -> Tuple[int, List[st
     focal_triton._SMALL_DIV_LIMIT = focal_triton._BLOCK + 60  # period 90 is wide, K 9 is not
     failures = []
     try:
-        loss, grad = focal_triton.triton_loss(*args, True)
-        want_loss, want_grad = eager_loss(*args, True)
-        close(loss, want_loss, 1e-5)
-        close(grad, want_grad, 1e-5)
-        seg_of_row = (torch.arange(180) % 90 >= 40).long()
-        close(focal_triton.triton_grad(grad_out, *args), want_grad * grad_out[seg_of_row][:, None],
-              1e-5)
+        compare_segment_passes(focal_triton, eager_loss, args, grad_out,
+                               (torch.arange(180) % 90 >= 40).long())
         try:
             focal_triton.triton_loss(torch.randn(4, 70), torch.zeros(4, dtype=torch.long),
                                      *args[2:], True)
@@ -146,7 +141,21 @@ def wide_cases(focal_triton: object, eager_loss: Callable) -> Tuple[int, List[st
         failures.append(f'wide: {traceback.format_exc(limit=2)}')
     finally:
         focal_triton._SMALL_DIV_LIMIT = limit
-    return 3, failures
+    return 4, failures
+
+
+def compare_segment_passes(focal_triton: object, eager_loss: Callable, args: tuple,
+                           grad_out: Tensor, seg_of_row: Tensor) -> None:
+    """A per-segment loss (``args``: ``triton_loss``'s up to ``reduce_sum``): its sums and
+    gradient, backward's scaling by ``grad_out`` and the fused recomputation, against the
+    eager path; raises on a difference."""
+    loss, grad = focal_triton.triton_loss(*args, True)
+    want_loss, want_grad = eager_loss(*args, True)
+    close(loss, want_loss, 1e-5)
+    close(grad, want_grad, 1e-5)
+    want = want_grad * grad_out[seg_of_row][:, None]
+    close(focal_triton.scale_grad(grad, grad_out, args[7]), want, 1e-5)
+    close(focal_triton.triton_grad(grad_out, *args), want, 1e-5)
 
 
 def block_segment_cases(focal_triton: object, eager_loss: Callable) -> Tuple[int, List[str]]:
@@ -165,13 +174,7 @@ def block_segment_cases(focal_triton: object, eager_loss: Callable) -> Tuple[int
                                  torch.tensor(segments).cumsum(0), right=True)
     failures = []
     try:
-        loss, grad = focal_triton.triton_loss(*args, True)
-        want_loss, want_grad = eager_loss(*args, True)
-        close(loss, want_loss, 1e-5)
-        close(grad, want_grad, 1e-5)
-        want = want_grad * grad_out[seg_of_row][:, None]
-        close(focal_triton.scale_grad(grad, grad_out, segments), want, 1e-5)
-        close(focal_triton.triton_grad(grad_out, *args), want, 1e-5)
+        compare_segment_passes(focal_triton, eager_loss, args, grad_out, seg_of_row)
     except Exception:  # noqa: BLE001
         failures.append(f'block segments: {traceback.format_exc(limit=2)}')
     return 3, failures
