@@ -60,6 +60,24 @@ def test_every_row_of_the_table_on_cpu(tiny_run, capsys):
     assert report['device'] == 'cpu' and report['sizes']['hw'] == [64, 96]
 
 
+def test_kernel_profile_reports_every_hot_path_on_cpu(tmp_path, one_torch_thread):
+    """The kernel profile's machinery at tiny sizes on the CPU: every case, both sides, with
+    their numbers (no CUDA: no launches, syncs or GPU time to count), written to the file."""
+    from bench.gpu import kernel_profile
+
+    text = kernel_profile.main([str(tmp_path), '--device', 'cpu', '--tiny'])
+    assert (tmp_path / 'kernel_profile.txt').read_text().strip() == text.strip()
+    blocks = text.split('\n\n')
+    heads = [b.splitlines()[0] for b in blocks]
+    assert [h.rsplit(' -- ', 1)[1] for h in heads] == ['stock', 'ours'] * 5
+    assert heads[0].startswith('focal loss fwd+bwd fp32')
+    assert heads[-1] == 'inference fp32, batch 1 (ours: GPU config) -- ours'
+    for block in blocks:
+        wall = block.splitlines()[1].split()
+        assert wall[0] == 'wall' and float(wall[1]) > 0, block
+        assert ' 0 launches, 0 syncs' in block, block
+
+
 def test_table_lists_every_row():
     rows = [Row('train', 'a', 'img/s', 2.0, 4.0, 2.0), Row('train', 'b', 'img/s',
                                                             'fails (RuntimeError)', 103.5)]
