@@ -16,7 +16,7 @@ from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
 from mmdet.structures.bbox import get_box_tensor
 from torch import Tensor
 
-from ..losses.focal_backends import is_compiling
+from ...utils.compiling import is_compiling
 from .retina_gts import host_tensor
 
 # DeltaXYWHBBoxCoder.decode's default bound on dw, dh: |log(16 / 1000)|
@@ -35,12 +35,12 @@ def _means_stds(bbox_coder: DeltaXYWHBBoxCoder, dtype: torch.dtype,
     """The coder's ``(1, 4)`` means and stds on ``device``: copied there once per value, dtype
     and device, then reused (read only), so a call queues no copy at all."""
     key = (tuple(bbox_coder.means), tuple(bbox_coder.stds), dtype, torch.device(device))
-    # traced by dynamo: a plain copy in the graph, no cache mutation inside it
-    pair = None if is_compiling() else _CONSTANTS.get(key)
-    if pair is None:
+    if is_compiling():  # traced by dynamo: a plain copy in the graph, no cache mutation in it
         pair = host_tensor([key[0], key[1]], dtype, device)
-        if not is_compiling():
-            _CONSTANTS[key] = pair
+    else:
+        pair = _CONSTANTS.get(key)
+        if pair is None:
+            pair = _CONSTANTS[key] = host_tensor([key[0], key[1]], dtype, device)
     return pair[0:1], pair[1:2]
 
 

@@ -24,12 +24,8 @@ import torch
 from mmdet.registry import MODELS
 from torch import Tensor, nn
 
+from ...utils.compiling import is_compiling
 from ...utils.errors import RetinaConfigError
-
-
-def _is_compiling() -> bool:
-    is_compiling = getattr(getattr(torch, 'compiler', None), 'is_compiling', None)
-    return bool(is_compiling and is_compiling())
 
 
 @MODELS.register_module()
@@ -130,7 +126,7 @@ class RetinaFrozenBN(nn.Module):
         """
         state = [t for t in (self.weight, self.bias, self.running_mean, self.running_var)
                  if t is not None]
-        uncached = (torch.jit.is_tracing() or _is_compiling()
+        uncached = (torch.jit.is_tracing() or is_compiling()
                     or any(t.is_inference() for t in state)  # no version counter to watch
                     or (torch.is_grad_enabled() and any(t.requires_grad for t in state)))
         if uncached:

@@ -19,21 +19,9 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import torch
 from torch import Tensor
 
+from ...utils.compiling import is_compiling
 from ...utils.triton_device import on_triton_device
 from .focal_eager import Pair, dense_chunked, dense_pass, eager_loss
-
-
-def is_compiling() -> bool:
-    """Whether dynamo is tracing the caller (the loss then runs eager, traced into the graph).
-
-    ``torch.compiler.is_compiling`` appeared in torch 2.3 and ``torch._dynamo.is_compiling``
-    may go; an install without either is taken as not compiling.
-    """
-    for owner in ('compiler', '_dynamo'):
-        fn = getattr(getattr(torch, owner, None), 'is_compiling', None)
-        if fn is not None:
-            return bool(fn())
-    return False
 
 
 class FocalBackends:

@@ -27,8 +27,9 @@ from mmengine.model import BaseModule
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ...utils.compiling import is_compiling
 from ...utils.errors import RetinaConfigError
-from .focal_backends import FocalBackends, is_compiling
+from .focal_backends import FocalBackends
 from .focal_eager import AVG_EPS, dense_pass, eager_loss, segment_sums
 from .focal_reference import compute_dtype, focal_loss_with_prob
 
