@@ -246,9 +246,16 @@ def _bounds(segments: Sequence[int], device: torch.device) -> Tensor:
     return _BOUNDS[key]
 
 
-def _wide_period(segments: Optional[Sequence[int]]) -> bool:
-    """Whether an image's rows are too many for :func:`_block_segments`' small divisions."""
-    return segments is not None and sum(segments) + _BLOCK >= _SMALL_DIV_LIMIT
+def _segment_args(segments: Optional[Sequence[int]], placeholder: Tensor
+                  ) -> Tuple[Tensor, int, int, bool]:
+    """The kernels' segment arguments: device bounds (``placeholder`` where there is one
+    segment or none), period (rows per image), ``NUM_SEG`` and ``WIDE_PERIOD`` (an image's rows
+    too many for :func:`_block_segments`' small divisions)."""
+    if segments is None or len(segments) < 2:
+        return placeholder, 1, 1, False
+    period = sum(segments)
+    return (_bounds(segments, placeholder.device), period, len(segments),
+            period + _BLOCK >= _SMALL_DIV_LIMIT)
 
 
 def _launch(pred: Tensor, target: Tensor, weight: Optional[Tensor], avg_factor: Optional[Tensor],
@@ -265,7 +272,7 @@ def _launch(pred: Tensor, target: Tensor, weight: Optional[Tensor], avg_factor: 
                          f'classes, got {k}')
     numel = pred.numel()
     programs = triton.cdiv(numel, _BLOCK)
-    num_seg = len(segments) if segments is not None else 1
+    bounds, period, num_seg, wide = _segment_args(segments, pred)
     if grad_mode == _GRAD_TIMES_SEGMENTS and num_seg == 1:
         grad_mode = _GRAD_TIMES_SCALAR  # the one segment's gradient, grad_out[0]
     device = pred.device
@@ -286,15 +293,14 @@ def _launch(pred: Tensor, target: Tensor, weight: Optional[Tensor], avg_factor: 
         pred if weight is None else weight.contiguous(),
         pred if avg_factor is None else avg_factor,
         pred if grad_out is None else grad_out, pred if grad is None else grad,
-        pred if out is None else out, _bounds(segments, device) if num_seg > 1 else pred,
-        numel, k, sum(segments) if num_seg > 1 else 1,
+        pred if out is None else out, bounds, numel, k, period,
         grad_out.stride(0) if grad_mode == _GRAD_TIMES_SEGMENTS else 0, float(factor),
         0.0 if alpha is None else float(alpha), float(gamma), AVG_EPS,
         TARGET=_INDEX_TARGET if index else _DENSE_TARGET, W_MODE=w_mode,
         USE_ALPHA=alpha is not None,
         GAMMA_MODE=_GAMMA_ZERO if gamma == 0 else _GAMMA_TWO if gamma == 2 else _GAMMA_ANY,
         HAS_AVG=avg_factor is not None, LOSS_MODE=loss_mode, NUM_SEG=num_seg,
-        WIDE_PERIOD=_wide_period(segments), GRAD_MODE=grad_mode, BLOCK=_BLOCK)
+        WIDE_PERIOD=wide, GRAD_MODE=grad_mode, BLOCK=_BLOCK)
     return out, grad
 
 
@@ -337,9 +343,8 @@ def triton_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor],
 
 def triton_grad(grad_out: Tensor, *loss_args: Any) -> Tensor:
     """The gradient of :func:`triton_loss`'s loss given its incoming gradient, recomputed in one
-    launch: backward reads the logits once and writes the gradient once, and forward writes
-    no ``(n, K)`` buffer at all (two passes over memory fewer than keeping forward's
-    derivative and scaling it).
+    launch, where forward's derivative is gone (a second backward over a retained graph): the
+    logits read once, the gradient written once.
 
     Args:
         grad_out (Tensor): incoming gradient of the loss, on ``pred``'s device: 0-d, ``(L,)``
@@ -380,10 +385,8 @@ def scale_grad(grad: Tensor, grad_out: Tensor, segments: Optional[Sequence[int]]
     """
     if grad_out.dim() == 2:
         return grad.mul_(grad_out)
-    per_segment = segments is not None and len(segments) > 1
+    bounds, period, num_seg, wide = _segment_args(segments, grad)
     _scale_kernel[(triton.cdiv(grad.numel(), _BLOCK),)](
-        grad, grad_out, grad_out.stride(0) if per_segment else 0,
-        _bounds(segments, grad.device) if per_segment else grad, grad.numel(), grad.shape[1],
-        sum(segments) if per_segment else 1, NUM_SEG=len(segments) if per_segment else 1,
-        WIDE_PERIOD=_wide_period(segments), BLOCK=_BLOCK)
+        grad, grad_out, grad_out.stride(0) if num_seg > 1 else 0, bounds, grad.numel(),
+        grad.shape[1], period, NUM_SEG=num_seg, WIDE_PERIOD=wide, BLOCK=_BLOCK)
     return grad
