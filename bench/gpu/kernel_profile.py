@@ -1,6 +1,7 @@
 """Where the GPU time of stock's and our hot paths goes: launches, syncs and the top kernels.
 
-For each case (focal loss forward + backward, a training step, inference at batch 1), one run
+For each case (focal loss forward + backward, a training step, inference at batch 1, also with
+the GPU config and, on a GPU, the static-shape config's compiled head), one run
 of stock and of ours is recorded with ``torch.profiler`` after warm-up runs, and reported as:
 kernel launches issued by the host, host-device synchronisations (``*Synchronize`` calls: what
 ``item``, ``nonzero`` and copies to the CPU wait in), the GPU's busy time (sum of kernel
@@ -98,6 +99,12 @@ def cases(bench: object) -> List[Tuple[str, Dict[str, Callable[[], object]]]]:
     out.append(('inference fp32, batch 1 (ours: GPU config)', {
         'stock': infer_step(models['stock'], one),
         'ours': infer_step(models['gpu-config'], pinned(one, bench.device))}))
+    if bench.device.type == 'cuda':  # CUDA graphs: the static config is profiled on a GPU only
+        static = bench.model('static-config').eval()
+        static.load_state_dict(models['stock'].state_dict(), strict=True)
+        out.append(('inference fp32, batch 1 (ours: static config)', {
+            'stock': infer_step(models['stock'], one),
+            'ours': infer_step(static, pinned(one, bench.device))}))
     return out
 
 

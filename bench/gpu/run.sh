@@ -48,7 +48,9 @@ fi
 # the Triton-interpreter sweep runs on the CPU, as in CI: not here, where it can outlast the time
 CUDA_TESTS="tests/models/layers tests/models/dense_heads/test_gt_reporter.py
     tests/models/data_preprocessors tests/configs/test_gpu_configs.py
-    tests/reliability/test_bad_data_and_amp.py tests/models/losses tests/bench/test_gpu_bench.py
+    tests/reliability/test_bad_data_and_amp.py
+    tests/models/dense_heads/test_retina_head_compile.py::test_on_a_gpu_cuda_graphs_replay_the_compiled_head
+    tests/models/losses tests/bench/test_gpu_bench.py
     --deselect tests/models/losses/test_triton_interpreter.py"
 status=0
 $py -m bench.gpu.host_syncs 2>&1 | tee "$out/host_syncs.log" || status=1

@@ -13,14 +13,16 @@ around each run). Rows:
   800x1216 images: fp32 with 2 images x 8 gts, 8 x 8, 8 x 100, the last two also with the fp32
   GPU config; mmengine's ``AmpOptimWrapper``
   in fp16 and in bf16 (8 images; stock fails in bf16: mmcv's focal-loss op has no bf16 kernel);
-  the bf16 config against stock in fp16. Images per second.
+  the bf16 config against stock in fp16, and the static-shape config
+  (``..._bf16-static-1x_coco.py``: batches padded to 800x1344, the head compiled into CUDA
+  graphs) against stock in fp16. Images per second.
 * ``focal``: focal loss forward + backward on 2 x 201,600 anchors x 80 classes in fp32, fp16,
   bf16: mmdet's ``FocalLoss`` (mmcv's CUDA op) against ``RetinaFocalLoss``; the note gives a
   clone of the logits (one read and one write, the memory-traffic floor). Milliseconds per
   call, of ``FOCAL_CALLS`` calls issued back to back.
 * ``inference``: ``model.test_step`` (preprocessing, network, post-processing with NMS) in fp32
-  at batch 1 and 8 (also with the fp32 GPU config), under bf16 autocast at batch 8, and the bf16
-  config. Images per second.
+  at batch 1 and 8 (also with the fp32 GPU config and the static-shape config), under bf16
+  autocast at batch 8, and the bf16 config. Images per second.
 * ``syncs``: host-device synchronisations per batch of ``loss_by_feat`` and ``predict_by_feat``
   (CUDA's sync debug mode, ``bench/gpu/host_syncs.py``), batch of 8.
 
@@ -53,13 +55,17 @@ from bench.bench_train_step import build_pair, make_batch, train_step
 from bench.gpu.host_syncs import head_sync_counts
 from bench.harness import machine, measure, measure_pair
 
-GPU_CONFIG = (Path(__file__).resolve().parents[2] / 'configs' / 'retinanet'
-              / 'retina-plugin_r50_fpn_gpu-1x_coco.py')
+CONFIGS = Path(__file__).resolve().parents[2] / 'configs' / 'retinanet'
+GPU_CONFIG = CONFIGS / 'retina-plugin_r50_fpn_gpu-1x_coco.py'
+STATIC_CONFIG = CONFIGS / 'retina-plugin_r50_fpn_bf16-static-1x_coco.py'
 GROUPS = ('train', 'focal', 'inference', 'syncs')
 SHORT = {'float32': 'fp32', 'float16': 'fp16', 'bfloat16': 'bf16'}
 Value = Union[float, str, None]
 FOCAL_CALLS = 10
 GPU_CONFIG_NOTE = 'ours: frozen BN, channels-last, pinned batches'
+STATIC_NOTE = ('ours: the GPU config, batches padded to 800x1344, 100 gts per image, the head '
+               'compiled into CUDA graphs')
+STATIC_WHY = 'CUDA graphs need a GPU'
 
 
 @dataclass(frozen=True)
@@ -109,12 +115,16 @@ class Bench:
     scores_spread: bool = False
 
     def model(self, name: str) -> torch.nn.Module:
-        """``'stock'``, ``'ours'`` (the same weights) or ``'gpu-config'`` (the GPU-native
-        configs' model with those weights, channels-last; the bf16 config's is the same),
-        built on first use."""
+        """``'stock'``, ``'ours'`` (the same weights), ``'gpu-config'`` (the GPU-native
+        configs' model with those weights, channels-last; the bf16 config's is the same) or
+        ``'static-config'`` (the static-shape config's: the same with shape buckets, fixed gt
+        counts and a compiled head), built on first use."""
         if self.models is None:
             self.models = build_pair(self.device)
             self.models['gpu-config'] = build_gpu_config(self.models['stock'], self.device)
+        if name == 'static-config' and name not in self.models:
+            self.models[name] = build_gpu_config(self.models['stock'], self.device,
+                                                 STATIC_CONFIG)
         return self.models[name]
 
     def eval_models(self) -> Dict[str, torch.nn.Module]:
@@ -130,10 +140,11 @@ class Bench:
         return models
 
 
-def build_gpu_config(stock: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """The GPU-native configs' model with ``stock``'s weights (loaded strictly: same names),
+def build_gpu_config(stock: torch.nn.Module, device: torch.device,
+                     config: Path = GPU_CONFIG) -> torch.nn.Module:
+    """A GPU-native config's model with ``stock``'s weights (loaded strictly: same names),
     its weights channels-last as ``RetinaChannelsLastHook`` makes them in training."""
-    cfg = Config.fromfile(str(GPU_CONFIG))
+    cfg = Config.fromfile(str(config))
     cfg.model.backbone.init_cfg = None
     model = MODELS.build(cfg.model)
     model.load_state_dict(stock.state_dict(), strict=True)
@@ -229,6 +240,12 @@ def train_rows(bench: Bench) -> List[Row]:
                 or timed_row(bench, 'train', case, train_step(stock, data, 'float16'),
                              train_step(config_model, pinned(data, bench.device), 'bfloat16'),
                              n, note='ours: bf16, frozen BN, channels-last, pinned batches'))
+    case = f'train step AMP, {n} images: stock fp16, bf16 static config'
+    rows.append(needs_cuda_row(bench, 'train', case, STATIC_WHY)
+                or timed_row(bench, 'train', case, train_step(stock, data, 'float16'),
+                             train_step(bench.model('static-config').train(),
+                                        pinned(data, bench.device), 'bfloat16'),
+                             n, note=f'{STATIC_NOTE}; bf16'))
     return rows
 
 
@@ -331,6 +348,16 @@ def inference_rows(bench: Bench) -> List[Row]:
                               infer_step(stock, data),
                               infer_step(config_model, pinned(data, bench.device)), images,
                               note=GPU_CONFIG_NOTE))
+    if bench.device.type == 'cuda':  # its training rows updated it: the same weights again
+        static = bench.model('static-config').eval()
+        static.load_state_dict(stock.state_dict(), strict=True)
+    for images in sorted({1, n}):
+        case = f'inference fp32, batch {images}: static config'
+        data = make_batch([hw] * images)
+        rows.append(needs_cuda_row(bench, 'inference', case, STATIC_WHY)
+                    or timed_row(bench, 'inference', case, infer_step(stock, data),
+                                 infer_step(static, pinned(data, bench.device)), images,
+                                 note=STATIC_NOTE))
     data = make_batch([hw] * n)
     rows.append(timed_row(bench, 'inference', f'inference autocast bf16, batch {n}',
                           infer_step(stock, data, True), infer_step(ours, data, True), n))

@@ -26,17 +26,19 @@ def tiny_run(tmp_path_factory, one_torch_thread):
 def test_every_row_of_the_table_on_cpu(tiny_run, capsys):
     rows, report = tiny_run
     cases = [r.case for r in rows]
-    assert [r.group for r in rows] == ['train'] * 8 + ['focal'] * 3 + ['inference'] * 6 + \
+    assert [r.group for r in rows] == ['train'] * 9 + ['focal'] * 3 + ['inference'] * 8 + \
         ['syncs'] * 2
     assert cases[:5] == ['train step fp32, 1 images 64x96, 2 gts',
                          'train step fp32, 2 images 64x96, 2 gts',
                          'train step fp32, 2 images 64x96, 5 gts',
                          'train step fp32, 2 images 64x96, 2 gts: GPU config',
                          'train step fp32, 2 images 64x96, 5 gts: GPU config']
-    assert [c[-4:] for c in cases[8:11]] == ['fp32', 'fp16', 'bf16']
-    assert cases[11:15] == ['inference fp32, batch 1', 'inference fp32, batch 2',
+    assert [c[-4:] for c in cases[9:12]] == ['fp32', 'fp16', 'bf16']
+    assert cases[12:18] == ['inference fp32, batch 1', 'inference fp32, batch 2',
                             'inference fp32, batch 1: GPU config',
-                            'inference fp32, batch 2: GPU config']
+                            'inference fp32, batch 2: GPU config',
+                            'inference fp32, batch 1: static config',
+                            'inference fp32, batch 2: static config']
     assert 'predict_by_feat' in cases[-1] and 'loss_by_feat' in cases[-2]
     for r in rows:
         numbers = [v for v in (r.stock, r.ours) if isinstance(v, float)]
@@ -49,13 +51,16 @@ def test_every_row_of_the_table_on_cpu(tiny_run, capsys):
     # fp32 training (the GPU config's too), the focal loss and fp32 inference run on any
     # device, side by side
     assert all(isinstance(r.stock, float) and isinstance(r.ours, float)
-               for r in rows[:5] + rows[8:15])
-    assert all(r.note.startswith('clone of the logits') for r in rows[8:11])
+               for r in rows[:5] + rows[9:16])
+    assert all(r.note.startswith('clone of the logits') for r in rows[9:12])
     # AMP needs mmengine's AmpOptimWrapper, which needs a GPU; syncs need CUDA's debug mode
     assert all(r.stock == r.ours == 'skipped: AmpOptimWrapper needs a GPU' for r in rows[5:8])
+    # the static-shape config's rows replay CUDA graphs
+    assert all(r.stock == r.ours == 'skipped: CUDA graphs need a GPU'
+               for r in rows[8:9] + rows[16:18])
     assert all(r.stock == r.ours == 'n/a (CUDA only)' for r in rows[-2:])
     # ours in bf16 on the CPU: inference runs (stock's may fail in mmcv's CPU ops)
-    assert isinstance(rows[15].ours, float) and isinstance(rows[16].ours, float)
+    assert isinstance(rows[18].ours, float) and isinstance(rows[19].ours, float)
     assert report['rows'] == [dict(r.__dict__) for r in rows]
     assert report['device'] == 'cpu' and report['sizes']['hw'] == [64, 96]
 

@@ -31,5 +31,6 @@ def test_run_all_finds_every_benchmark_and_refuses_unknown_names():
     from bench import run_all
     with pytest.raises(SystemExit) as err:
         run_all.main(['no_such_bench'])
-    names = "['assigner', 'focal_loss', 'head', 'inference', 'slice_inference', 'train_step']"
+    names = ("['assigner', 'compiled_head', 'focal_loss', 'head', 'inference', "
+             "'slice_inference', 'train_step']")
     assert f'available: {names}' in str(err.value)

@@ -20,6 +20,8 @@ from mmengine.config import Config
 from mmengine.dataset import Compose
 from mmengine.structures import InstanceData
 
+from mmdet_retina_plugin.models.data_preprocessors import RetinaBucketPad
+from mmdet_retina_plugin.models.dense_heads.retina_head_compile import DenseCompiler
 from mmdet_retina_plugin.models.dense_heads.retina_net_head import RetinaNetHead
 from mmdet_retina_plugin.models.layers.frozen_batch_norm import RetinaFrozenBN
 
@@ -155,6 +157,19 @@ def check_gpu_native(cfg: Config, model: torch.nn.Module) -> None:
     assert [h.type for h in cfg.custom_hooks].count('RetinaChannelsLastHook') == 1
 
 
+def check_static_shapes(cfg: Config, model: torch.nn.Module) -> None:
+    """Two shape buckets that hold every batch of the 1333 x 800 keep-ratio resize (padded to
+    32) of its orientation, fixed gt counts and a head compiled into CUDA graphs."""
+    resize = next(t for t in train_pipeline(cfg) if t['type'] == 'Resize')
+    long, short = (math.ceil(s / 32) * 32 for s in resize['scale'])
+    assert cfg.model.data_preprocessor.pad_size_divisor == 32
+    assert [tuple(b) for b in cfg.model.data_preprocessor.shape_buckets] == [(short, long),
+                                                                             (long, short)]
+    assert cfg.train_dataloader.batch_sampler.type == 'AspectRatioBatchSampler'
+    assert model.bbox_head.static_num_gts == 100
+    assert cfg.model.bbox_head.compile_cfg == dict(mode='reduce-overhead')
+
+
 def check_prior_bias(prior: float) -> Callable:
     def check(cfg: Config, model: torch.nn.Module) -> None:
         head = model.bbox_head
@@ -208,6 +223,8 @@ EXPECTED: Dict[str, List[Callable]] = {
     'retinanet/retina-plugin_r50_fpn_gpu-1x_coco.py': RETINA_R50_1X + [check_gpu_native],
     'retinanet/retina-plugin_r50_fpn_bf16-1x_coco.py': RETINA_R50_1X + [check_gpu_native,
                                                                          check_bf16],
+    'retinanet/retina-plugin_r50_fpn_bf16-static-1x_coco.py': RETINA_R50_1X + [
+        check_gpu_native, check_bf16, check_static_shapes],
     'retinanet/retina-plugin_r101_fpn_1x_coco.py': [
         check_plugin_retinanet, check_parity_neck_and_box_loss, check_single_scale_1x,
         check_depth(101)],
@@ -273,6 +290,11 @@ def test_config_builds_and_trains_one_step(path: Path):
     model = MODELS.build(cfg.model)
     for check in EXPECTED.get(config_id(path), []):
         check(cfg, model)
+    if cfg.model.get('bbox_head', {}).get('compile_cfg'):
+        # dynamo's tracing, without inductor's code generation (minutes on the CPU), and the
+        # shape buckets the size of the test images instead of 800 x 1344
+        model.bbox_head.dense_compiler = DenseCompiler(dict(backend='eager', fullgraph=True))
+        model.data_preprocessor.bucket_pad = RetinaBucketPad([(128, 160), (160, 128)])
 
     model.train()
     batch = model.data_preprocessor(tiny_batch(model_num_classes(cfg.model)), training=True)

@@ -1,3 +1,4 @@
+from .bucket_pad import RetinaBucketPad
 from .retina_data_preprocessor import RetinaDataPreprocessor
 
-__all__ = ['RetinaDataPreprocessor']
+__all__ = ['RetinaBucketPad', 'RetinaDataPreprocessor']

@@ -35,7 +35,7 @@ def _means_stds(bbox_coder: DeltaXYWHBBoxCoder, dtype: torch.dtype,
     """The coder's ``(1, 4)`` means and stds on ``device``: copied there once per value, dtype
     and device, then reused (read only), so a call queues no copy at all."""
     key = (tuple(bbox_coder.means), tuple(bbox_coder.stds), dtype, torch.device(device))
-    if is_compiling():  # traced by dynamo: a plain copy in the graph, no cache mutation in it
+    if is_compiling():  # traced by dynamo: a constant of the graph, no cache mutation in it
         pair = host_tensor([key[0], key[1]], dtype, device)
     else:
         pair = _CONSTANTS.get(key)

@@ -15,6 +15,8 @@ from mmdet.utils import InstanceList, OptInstanceList
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from ...utils.compiling import is_compiling
+
 
 class GtBatch(NamedTuple):
     """The gts of a batch as padded device tensors: what the tensor core of the loss reads.
@@ -52,25 +54,33 @@ def host_tensor(values: Sequence, dtype: torch.dtype, device: torch.device) -> T
     Returns:
         Tensor: ``torch.tensor(values, dtype=dtype)`` on ``device``.
     """
+    if is_compiling():  # a constant of the graph, made on the device (no host copy in it)
+        return torch.tensor(values, dtype=dtype, device=device)
     host = torch.tensor(values, dtype=dtype)
     if torch.device(device).type == 'cuda':
         host = host.pin_memory()
     return host.to(device, non_blocking=True)
 
 
-def pad_images(items: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+def pad_images(items: Sequence[Tensor], min_count: int = 0) -> Tuple[Tensor, Tensor]:
     """Pads per-image ``[(Gi, ...)]`` with zeros, without a host sync.
 
     Args:
         items (Sequence[Tensor]): one tensor per image, ``(Gi, ...)``, on one device.
+        min_count (int): pad to at least this many entries (a fixed ``G`` for static shapes).
 
     Returns:
         Tuple[Tensor, Tensor]: ``(B, G, ...)`` padded values and the ``(B, G)`` bool mask of
-        real entries, ``G = max(Gi)``.
+        real entries, ``G = max(max(Gi), min_count)``.
     """
     device = items[0].device
-    counts = host_tensor([t.size(0) for t in items], torch.long, device)
-    padded = pad_sequence(list(items), batch_first=True)
+    sizes = [t.size(0) for t in items]
+    counts = host_tensor(sizes, torch.long, device)
+    items = list(items)
+    if min_count > max(sizes):  # one longer row sets pad_sequence's width
+        first = items[0]
+        items[0] = torch.cat([first, first.new_zeros(min_count - sizes[0], *first.shape[1:])])
+    padded = pad_sequence(items, batch_first=True)
     valid = torch.arange(padded.size(1), device=device) < counts[:, None]
     return padded, valid
 
@@ -96,7 +106,8 @@ def clip_boxes(bboxes: Tensor, img_hw: Tensor) -> Tensor:
 
 
 def pad_gts(batch_gt_instances: InstanceList, batch_img_metas: Sequence[dict],
-            batch_gt_instances_ignore: OptInstanceList, like: Tensor) -> GtBatch:
+            batch_gt_instances_ignore: OptInstanceList, like: Tensor,
+            min_count: int = 0) -> GtBatch:
     """Pads a batch's gts (and ignore regions) into a :class:`GtBatch` on ``like``'s device.
 
     Args:
@@ -105,18 +116,21 @@ def pad_gts(batch_gt_instances: InstanceList, batch_img_metas: Sequence[dict],
         batch_img_metas (Sequence[dict]): per image meta with ``img_shape``.
         batch_gt_instances_ignore (OptInstanceList): per image ignored ``bboxes`` or None.
         like (Tensor): boxes take its dtype and device (the anchors).
+        min_count (int): pad gts (and ignore regions, where any image has some) to at least
+            this many per image, so that batches with fewer share one shape.
 
     Returns:
         GtBatch: the padded tensors.
     """
-    bboxes, valid = pad_images([get_box_tensor(g.bboxes).to(like) for g in batch_gt_instances])
-    labels, _ = pad_images([g.labels.to(like.device) for g in batch_gt_instances])
+    bboxes, valid = pad_images([get_box_tensor(g.bboxes).to(like) for g in batch_gt_instances],
+                               min_count)
+    labels, _ = pad_images([g.labels.to(like.device) for g in batch_gt_instances], min_count)
     ignores = batch_gt_instances_ignore or [None] * len(batch_gt_instances)
     ignore_bboxes = ignore_valid = None
     if any(ig is not None for ig in ignores):
         ignore_bboxes, ignore_valid = pad_images(
             [get_box_tensor(ig.bboxes).to(like) if ig is not None else like.new_zeros(0, 4)
-             for ig in ignores])
+             for ig in ignores], min_count)
     return GtBatch(bboxes, labels.long(), valid, image_hw(batch_img_metas, like),
                    ignore_bboxes, ignore_valid)
 

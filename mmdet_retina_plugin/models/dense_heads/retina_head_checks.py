@@ -69,3 +69,20 @@ def check_levels(cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor],
         raise RetinaConfigError(f'got {len(cls_scores)} cls / {len(bbox_preds)} box levels but '
                                 f'anchor_generator.strides has {num_levels}')
     return [tuple(s.shape[-2:]) for s in cls_scores]
+
+
+def check_feature_levels(feats: Sequence[Tensor], num_levels: int) -> List[Tuple[int, int]]:
+    """One input map per anchor level; returns the levels' ``(Hi, Wi)``."""
+    if len(feats) != num_levels:
+        raise RetinaConfigError(f'got {len(feats)} feature levels but '
+                                f'anchor_generator.strides has {num_levels}')
+    return [tuple(f.shape[-2:]) for f in feats]
+
+
+def check_static_num_gts(static_num_gts: Optional[int]) -> None:
+    """None, or the gt count (>= 1) every training batch is padded to."""
+    if static_num_gts is not None and (isinstance(static_num_gts, bool)
+                                       or not isinstance(static_num_gts, int)
+                                       or static_num_gts < 1):
+        raise RetinaConfigError(f'static_num_gts must be None or an int >= 1, got '
+                                f'{static_num_gts!r}')

@@ -10,15 +10,19 @@ and its largest gt count. Losses equal mmdet's ``RetinaHead``'s, level by level.
 """
 from __future__ import annotations
 
+import warnings
 from typing import List, Sequence, Tuple
 
 import torch
+from mmdet.models.utils import unpack_gt_instances
+from mmdet.structures import SampleList
 from mmdet.utils import InstanceList, OptInstanceList
 from torch import Tensor
 
 from ...utils.dist_utils import reduce_mean_avg_factor
 from .retina_gts import GtBatch, pad_gts
-from .retina_head_checks import check_levels
+from .retina_head_checks import check_feature_levels, check_levels
+from .retina_head_compile import dense_losses
 from .retina_level_losses import (
     box_level_losses,
     box_regression_pair,
@@ -32,7 +36,8 @@ from .retina_targets import BatchTargets, batch_targets
 class RetinaHeadLossMixin:
     """``loss_by_feat`` of :class:`~.retina_net_head.RetinaNetHead`, which sets the attributes
     read here (``assigner``, ``train_cfg``, ``bbox_coder``, ``loss_cls``, ``loss_bbox``,
-    ``anchor_cache``, ``gt_reporter``, the normaliser options)."""
+    ``anchor_cache``, ``gt_reporter``, the normaliser options, ``static_num_gts``,
+    ``dense_compiler``)."""
 
     def training_anchors(self, featmap_sizes: Sequence[Tuple[int, int]],
                          batch_img_metas: List[dict], device: torch.device
@@ -72,7 +77,8 @@ class RetinaHeadLossMixin:
             BatchTargets: labels, weights, assignment and normaliser of the batch.
         """
         return self._targets(anchors, valid, pad_gts(
-            batch_gt_instances, batch_img_metas, batch_gt_instances_ignore, anchors))
+            batch_gt_instances, batch_img_metas, batch_gt_instances_ignore, anchors,
+            self.static_num_gts or 0))
 
     def _targets(self, anchors: Tensor, valid: Tensor, gts: GtBatch) -> BatchTargets:
         """:meth:`get_batch_targets` of padded gts."""
@@ -111,12 +117,58 @@ class RetinaHeadLossMixin:
             ValueError: a gt box has a NaN or infinite coordinate.
         """
         featmap_sizes = check_levels(cls_scores, bbox_preds, self.prior_generator.num_levels)
-        device = cls_scores[0].device
         # 1. anchors
+        anchors, valid, gts = self._anchors_and_gts(
+            featmap_sizes, cls_scores[0].device, batch_gt_instances, batch_img_metas,
+            batch_gt_instances_ignore)
+        return self._loss_dict(*self.retina_losses(cls_scores, bbox_preds, anchors, valid, gts),
+                               batch_img_metas)
+
+    def loss(self, x: Tuple[Tensor, ...], batch_data_samples: SampleList) -> dict:
+        """mmdet's ``BaseDenseHead.loss`` (forward, then :meth:`loss_by_feat`); with
+        ``compile_cfg``, the forward and the tensor work of the loss run as one compiled region
+        (:mod:`.retina_head_compile`).
+
+        Args:
+            x (Tuple[Tensor, ...]): pyramid maps ``(B, C, Hi, Wi)``, finest first.
+            batch_data_samples (SampleList): per image ``gt_instances``, ``metainfo`` and
+                optionally ``ignored_instances``.
+
+        Returns:
+            dict: as :meth:`loss_by_feat`.
+        """
+        if self.dense_compiler is None:
+            return super().loss(x, batch_data_samples)
+        gt_instances, gts_ignore, metas = unpack_gt_instances(batch_data_samples)
+        featmap_sizes = check_feature_levels(x, self.prior_generator.num_levels)
+        anchors, valid, gts = self._anchors_and_gts(featmap_sizes, x[0].device, gt_instances,
+                                                    metas, gts_ignore)
+        loss_cls, loss_bbox, bad_gts = self.dense_compiler(dense_losses, self, tuple(x),
+                                                           anchors, valid, gts)
+        # a CUDA graph's outputs are overwritten by its next replay; the reporter reads later
+        return self._loss_dict(loss_cls, loss_bbox, bad_gts.clone(), metas)
+
+    def _anchors_and_gts(self, featmap_sizes: Sequence[Tuple[int, int]], device: torch.device,
+                         batch_gt_instances: InstanceList, batch_img_metas: List[dict],
+                         batch_gt_instances_ignore: OptInstanceList
+                         ) -> Tuple[Tensor, Tensor, GtBatch]:
+        """The ``(S, 4)`` anchors, their ``(B, S)`` valid flags and the padded gts (to
+        ``static_num_gts`` at least) of a batch."""
         anchors, _, valid = self.training_anchors(featmap_sizes, batch_img_metas, device)
-        gts = pad_gts(batch_gt_instances, batch_img_metas, batch_gt_instances_ignore, anchors)
-        loss_cls, loss_bbox, bad_gts = self.retina_losses(cls_scores, bbox_preds, anchors,
-                                                          valid, gts)
+        min_count = self.static_num_gts or 0
+        most = max((len(g) for g in batch_gt_instances), default=0)
+        if min_count and most > min_count and not self._warned_static_gts:
+            self._warned_static_gts = True
+            warnings.warn(f'RetinaNetHead: an image has {most} gts, more than static_num_gts='
+                          f'{min_count}; its batch is padded to {most} (a new loss shape; '
+                          'warned once)')
+        gts = pad_gts(batch_gt_instances, batch_img_metas, batch_gt_instances_ignore, anchors,
+                      min_count)
+        return anchors, valid, gts
+
+    def _loss_dict(self, loss_cls: Tensor, loss_bbox: Tensor, bad_gts: Tensor,
+                   batch_img_metas: List[dict]) -> dict:
+        """mmdet's per-level loss lists from the ``(L,)`` losses; bad gts go to the reporter."""
         self.gt_reporter.submit(bad_gts, batch_img_metas)
         return dict(loss_cls=list(loss_cls.unbind(0)), loss_bbox=list(loss_bbox.unbind(0)))
 

@@ -4,15 +4,17 @@ Detections equal mmdet's ``BaseDenseHead.predict_by_feat``.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
+from mmdet.structures import SampleList
 from mmdet.utils import InstanceList
 from mmengine.config import ConfigDict
 from torch import Tensor
 
 from ...utils.errors import RetinaConfigError
-from .retina_gts import image_hw
-from .retina_head_checks import check_levels
+from .retina_gts import host_tensor, image_hw
+from .retina_head_checks import check_feature_levels, check_levels
+from .retina_head_compile import dense_candidates
 from .retina_post_processing import detections_by_image, level_topk_sizes, select_candidates
 from .retina_post_settings import PostProcessSettings
 
@@ -20,7 +22,7 @@ from .retina_post_settings import PostProcessSettings
 class RetinaHeadPredictMixin:
     """``predict_by_feat`` of :class:`~.retina_net_head.RetinaNetHead`, which sets the
     attributes read here (``test_cfg``, ``anchor_cache``, ``prior_generator``, ``bbox_coder``,
-    ``cls_out_channels``)."""
+    ``cls_out_channels``, ``dense_compiler``)."""
 
     def predict_by_feat(self,
                         cls_scores: List[Tensor],
@@ -62,3 +64,31 @@ class RetinaHeadPredictMixin:
             image_hw(batch_img_metas, bbox_preds[0]),
             [m['scale_factor'] for m in batch_img_metas] if rescale else None)
         return detections_by_image(*candidates, nms_cfg, settings.max_per_img)
+
+    def predict(self, x: Tuple[Tensor, ...], batch_data_samples: SampleList,
+                rescale: bool = False) -> InstanceList:
+        """mmdet's ``BaseDenseHead.predict`` (forward, then :meth:`predict_by_feat`); with
+        ``compile_cfg`` and ``nms_pre > 0``, the forward and the steps up to the NMS run as one
+        compiled region (:mod:`.retina_head_compile`).
+
+        Args:
+            x (Tuple[Tensor, ...]): pyramid maps ``(B, C, Hi, Wi)``, finest first.
+            batch_data_samples (SampleList): per image ``metainfo`` (``img_shape``; with
+                ``rescale``, ``scale_factor``).
+            rescale (bool): map boxes back to the original image size.
+
+        Returns:
+            InstanceList: as :meth:`predict_by_feat`.
+        """
+        settings = PostProcessSettings.from_cfg(self.test_cfg)
+        if self.dense_compiler is None or settings.nms_pre <= 0:
+            return super().predict(x, batch_data_samples, rescale)
+        metas = [sample.metainfo for sample in batch_data_samples]
+        featmap_sizes = check_feature_levels(x, self.prior_generator.num_levels)
+        _, level_anchors = self.anchor_cache.anchors(featmap_sizes, x[0].device, x[0].dtype)
+        img_hw = image_hw(metas, x[0])
+        scale_factors = host_tensor([m['scale_factor'] for m in metas], x[0].dtype,
+                                    x[0].device) if rescale else None
+        candidates = self.dense_compiler(dense_candidates, self, tuple(x), level_anchors,
+                                         settings, img_hw, scale_factors)
+        return detections_by_image(*candidates, settings.nms_cfg(), settings.max_per_img)

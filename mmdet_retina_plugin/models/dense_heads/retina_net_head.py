@@ -26,7 +26,9 @@ from .retina_head_checks import (
     check_sampler,
     check_shared_anchors,
     check_sigmoid_loss,
+    check_static_num_gts,
 )
+from .retina_head_compile import DenseCompiler, check_compile_cfg
 from .retina_head_loss import RetinaHeadLossMixin
 from .retina_head_predict import RetinaHeadPredictMixin
 from .retina_level_losses import BATCHED_LOSSES
@@ -80,6 +82,19 @@ class RetinaNetHead(RetinaHeadLossMixin, RetinaHeadPredictMixin, BaseDenseHead):
             outsized step. The average is a buffer (``avg_factor_ema``, checkpointed; 0 until
             the first training step, whose count starts it; missing from a checkpoint, e.g. a
             stock ``RetinaHead``'s, it loads as 0) and is updated only in training mode.
+        static_num_gts (int, optional): pad every training batch's gts (and ignore regions)
+            to this many per image, so that the loss's shapes follow from the image batch's
+            alone and a compiled loss (``compile_cfg``) is not recompiled for each gt count;
+            padding is never assigned. A batch with an image holding more is padded to its
+            count (warned once). None pads to the batch's largest count.
+        compile_cfg (dict, optional): ``torch.compile`` keywords (``backend``, ``mode``,
+            ``options``, ``dynamic``, ``fullgraph``; defaults ``fullgraph=True``,
+            ``dynamic=False``) to compile the head's dense work whole: forward, targets and
+            losses in training, forward and candidate selection up to the NMS in inference
+            (:mod:`.retina_head_compile`); ``mode='reduce-overhead'`` replays them as CUDA
+            graphs. None (default) runs eager. With image sizes fixed
+            (``RetinaDataPreprocessor(shape_buckets=...)``) and ``static_num_gts``, each image
+            size compiles once.
         train_cfg (dict, optional): ``assigner`` (any; batched through ``assign_batch`` when it
             has it), ``allowed_border`` (-1: keep anchors crossing the image border),
             ``pos_weight`` (<= 0: 1), ``sampler`` (None or ``PseudoSampler``, any spelling the
@@ -118,6 +133,8 @@ class RetinaNetHead(RetinaHeadLossMixin, RetinaHeadPredictMixin, BaseDenseHead):
                      type='SmoothL1Loss', beta=1.0 / 9.0, loss_weight=1.0),
                  sync_avg_factor: bool = False,
                  avg_factor_momentum: Optional[float] = None,
+                 static_num_gts: Optional[int] = None,
+                 compile_cfg: OptConfigType = None,
                  train_cfg: OptConfigType = None,
                  test_cfg: OptConfigType = None,
                  init_cfg: OptMultiConfig = None) -> None:
@@ -138,6 +155,11 @@ class RetinaNetHead(RetinaHeadLossMixin, RetinaHeadPredictMixin, BaseDenseHead):
             # a buffer so that resuming continues the average; 0 until the first training step
             # (a real average is >= 1), also when loaded from a checkpoint without it
             self.register_buffer('avg_factor_ema', torch.tensor(0.0))
+        check_static_num_gts(static_num_gts)
+        self.static_num_gts = static_num_gts
+        self._warned_static_gts = False
+        compile_cfg = check_compile_cfg(compile_cfg)
+        self.dense_compiler = None if compile_cfg is None else DenseCompiler(compile_cfg)
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
         PostProcessSettings.from_cfg(test_cfg)  # checked at build time, read at each predict

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from itertools import accumulate
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from mmcv.ops import batched_nms
@@ -210,7 +210,7 @@ class Candidates(NamedTuple):
 def select_candidates(cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor],
                       level_anchors: Sequence[Tensor], num_classes: int, bbox_coder: object,
                       settings: PostProcessSettings, level_k: Sequence[int], img_hw: Tensor,
-                      scale_factors: Optional[Sequence[Sequence[float]]] = None,
+                      scale_factors: Union[Tensor, Sequence[Sequence[float]], None] = None,
                       topk: TopK = topk_rows) -> Candidates:
     """Steps 1 to 4 of the module docstring: per-level top-k, gather, decode, clip, rescale and
     the ``score_thr`` / ``min_bbox_size`` mask, for the whole batch.
@@ -224,9 +224,9 @@ def select_candidates(cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor]
         settings (PostProcessSettings): ``score_thr`` and ``min_bbox_size``.
         level_k (Sequence[int]): pairs kept per level and image (:func:`level_topk_sizes`).
         img_hw (Tensor): ``(B, 2)`` image ``(h, w)`` (``img_shape``), any dtype.
-        scale_factors (Sequence[Sequence[float]], optional): per image ``(w_scale, h_scale)``:
-            map the boxes back to the original images before the size mask (mmdet's
-            ``rescale``); None keeps input pixels.
+        scale_factors (Tensor | Sequence[Sequence[float]], optional): per image
+            ``(w_scale, h_scale)``, ``(B, 2)``: map the boxes back to the original images
+            before the size mask (mmdet's ``rescale``); None keeps input pixels.
         topk (TopK): the row-wise top-k of :func:`select_level_topk`.
 
     Returns:
@@ -245,8 +245,10 @@ def select_candidates(cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor]
     bboxes = decode_boxes(bbox_coder, torch.cat(anchors, 1), torch.cat(deltas, 1))
     if getattr(bbox_coder, 'clip_border', True):
         bboxes = clip_boxes(bboxes, img_hw.to(bboxes.dtype))
-    if scale_factors is not None:  # new_tensor would wait on CUDA
-        bboxes = rescale_boxes(bboxes, host_tensor(scale_factors, bboxes.dtype, bboxes.device))
+    if scale_factors is not None:
+        if not isinstance(scale_factors, Tensor):  # new_tensor would wait on CUDA
+            scale_factors = host_tensor(scale_factors, bboxes.dtype, bboxes.device)
+        bboxes = rescale_boxes(bboxes, scale_factors.to(bboxes.dtype))
     if settings.min_bbox_size >= 0:
         valid = valid & min_size_mask(bboxes, settings.min_bbox_size)
     return Candidates(bboxes, scores, labels, valid)
