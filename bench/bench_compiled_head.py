@@ -34,10 +34,7 @@ from torch.profiler import ProfilerActivity, profile
 import mmdet_retina_plugin  # noqa: F401  (registers our modules)
 from bench.bench_head import NUM_CLASSES, STRIDES, build_heads
 from bench.harness import measure_pair, report
-from mmdet_retina_plugin.models.dense_heads.retina_head_compile import (
-    DenseCompiler,
-    check_compile_cfg,
-)
+from mmdet_retina_plugin.utils.compiling import Compiler, check_compile_cfg
 
 PREDICT_HW = (800, 1216)
 LOSS_HW = (512, 768)
@@ -123,7 +120,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     eager.load_state_dict(stock.state_dict(), strict=True)
     eager.static_num_gts = STATIC_GTS  # as the compiled head, so only compiling differs
     compiled = copy.deepcopy(eager)
-    compiled.dense_compiler = DenseCompiler(check_compile_cfg(dict(mode=args.mode)))
+    compiled.dense_compiler = Compiler(check_compile_cfg(dict(mode=args.mode)))
     heads = {name: h.to(device) for name, h in
              (('stock', stock), ('eager', eager), ('compiled', compiled))}
 

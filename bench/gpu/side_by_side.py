@@ -14,8 +14,8 @@ around each run). Rows:
   GPU config; mmengine's ``AmpOptimWrapper``
   in fp16 and in bf16 (8 images; stock fails in bf16: mmcv's focal-loss op has no bf16 kernel);
   the bf16 config against stock in fp16, and the static-shape config
-  (``..._bf16-static-1x_coco.py``: batches padded to 800x1344, the head compiled into CUDA
-  graphs) against stock in fp16. Images per second.
+  (``..._bf16-static-1x_coco.py``: batches padded to 800x1344, backbone, neck and head compiled
+  into CUDA graphs) against stock in fp16. Images per second.
 * ``focal``: focal loss forward + backward on 2 x 201,600 anchors x 80 classes in fp32, fp16,
   bf16: mmdet's ``FocalLoss`` (mmcv's CUDA op) against ``RetinaFocalLoss``; the note gives a
   clone of the logits (one read and one write, the memory-traffic floor). Milliseconds per
@@ -46,7 +46,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmdet.models.losses import FocalLoss
-from mmdet.registry import MODELS
+from mmdet.registry import HOOKS, MODELS
 from mmengine.config import Config
 
 import mmdet_retina_plugin  # noqa: F401  (registers our modules)
@@ -63,8 +63,8 @@ SHORT = {'float32': 'fp32', 'float16': 'fp16', 'bfloat16': 'bf16'}
 Value = Union[float, str, None]
 FOCAL_CALLS = 10
 GPU_CONFIG_NOTE = 'ours: frozen BN, channels-last, pinned batches'
-STATIC_NOTE = ('ours: the GPU config, batches padded to 800x1344, 100 gts per image, the head '
-               'compiled into CUDA graphs')
+STATIC_NOTE = ('ours: the GPU config, batches padded to 800x1344, 100 gts per image, backbone, '
+               'neck and head compiled into CUDA graphs')
 STATIC_WHY = 'CUDA graphs need a GPU'
 
 
@@ -143,12 +143,17 @@ class Bench:
 def build_gpu_config(stock: torch.nn.Module, device: torch.device,
                      config: Path = GPU_CONFIG) -> torch.nn.Module:
     """A GPU-native config's model with ``stock``'s weights (loaded strictly: same names),
-    its weights channels-last as ``RetinaChannelsLastHook`` makes them in training."""
+    its weights channels-last as ``RetinaChannelsLastHook`` makes them in training, and its
+    parts compiled as the config's ``RetinaCompileHook`` compiles them."""
     cfg = Config.fromfile(str(config))
     cfg.model.backbone.init_cfg = None
     model = MODELS.build(cfg.model)
     model.load_state_dict(stock.state_dict(), strict=True)
-    return model.to(device).to(memory_format=torch.channels_last)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    for hook in cfg.get('custom_hooks', []):
+        if hook['type'] == 'RetinaCompileHook':
+            HOOKS.build(hook).compile_model(model)
+    return model
 
 
 def pinned(data: Dict[str, list], device: torch.device) -> Dict[str, list]:

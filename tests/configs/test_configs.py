@@ -21,7 +21,6 @@ from mmengine.dataset import Compose
 from mmengine.structures import InstanceData
 
 from mmdet_retina_plugin.models.data_preprocessors import RetinaBucketPad
-from mmdet_retina_plugin.models.dense_heads.retina_head_compile import DenseCompiler
 from mmdet_retina_plugin.models.dense_heads.retina_net_head import RetinaNetHead
 from mmdet_retina_plugin.models.layers.frozen_batch_norm import RetinaFrozenBN
 
@@ -30,6 +29,7 @@ from mmdet_retina_plugin.models.losses.hard_negative_ce_loss import RetinaHardNe
 from mmdet_retina_plugin.models.losses.retina_focal_loss import RetinaFocalLoss
 from mmdet_retina_plugin.models.necks.retina_fpn import RetinaFPN
 from mmdet_retina_plugin.models.task_modules.assigners.retina_iou_assigner import RetinaIoUAssigner
+from mmdet_retina_plugin.utils.compiling import Compiler
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / 'configs'
 ALL_CONFIGS = sorted(CONFIG_ROOT.rglob('*.py'))
@@ -159,7 +159,8 @@ def check_gpu_native(cfg: Config, model: torch.nn.Module) -> None:
 
 def check_static_shapes(cfg: Config, model: torch.nn.Module) -> None:
     """Two shape buckets that hold every batch of the 1333 x 800 keep-ratio resize (padded to
-    32) of its orientation, fixed gt counts and a head compiled into CUDA graphs."""
+    32) of its orientation, fixed gt counts, and backbone, neck and head compiled into CUDA
+    graphs."""
     resize = next(t for t in train_pipeline(cfg) if t['type'] == 'Resize')
     long, short = (math.ceil(s / 32) * 32 for s in resize['scale'])
     assert cfg.model.data_preprocessor.pad_size_divisor == 32
@@ -168,6 +169,9 @@ def check_static_shapes(cfg: Config, model: torch.nn.Module) -> None:
     assert cfg.train_dataloader.batch_sampler.type == 'AspectRatioBatchSampler'
     assert model.bbox_head.static_num_gts == 100
     assert cfg.model.bbox_head.compile_cfg == dict(mode='reduce-overhead')
+    compile_hook = next(h for h in cfg.custom_hooks if h.type == 'RetinaCompileHook')
+    assert compile_hook.modules == ['backbone', 'neck']
+    assert compile_hook.compile_cfg == dict(mode='reduce-overhead')
 
 
 def check_prior_bias(prior: float) -> Callable:
@@ -293,7 +297,7 @@ def test_config_builds_and_trains_one_step(path: Path):
     if cfg.model.get('bbox_head', {}).get('compile_cfg'):
         # dynamo's tracing, without inductor's code generation (minutes on the CPU), and the
         # shape buckets the size of the test images instead of 800 x 1344
-        model.bbox_head.dense_compiler = DenseCompiler(dict(backend='eager', fullgraph=True))
+        model.bbox_head.dense_compiler = Compiler(dict(backend='eager', fullgraph=True))
         model.data_preprocessor.bucket_pad = RetinaBucketPad([(128, 160), (160, 128)])
 
     model.train()

@@ -1,7 +1,8 @@
 """The static-shape config (the bf16 config with shape buckets, fixed gt counts and a compiled
 head), and mmengine's Runner training and testing the tiny detector the static way: compiled,
 it trains to the same weights as eager, with one training graph (forward and backward) and one
-inference graph for every batch of one bucket.
+inference graph for every batch of one bucket, for the head (``compile_cfg``) and for the
+backbone and the neck (``RetinaCompileHook``).
 
 The head is compiled with AOTAutograd and a backend that counts the graphs it is handed and runs
 them as they are (inductor's code generation takes minutes on the CPU).
@@ -44,6 +45,8 @@ def test_static_config_is_the_bf16_config_with_static_shapes():
     assert static.model.bbox_head.pop('static_num_gts') == 100
     assert static.model.bbox_head.pop('compile_cfg') == dict(mode='reduce-overhead')
     static.model.data_preprocessor.pop('shape_buckets')
+    assert static.custom_hooks.pop() == dict(type='RetinaCompileHook', modules=['backbone', 'neck'],
+                                             compile_cfg=dict(mode='reduce-overhead'))
     for key in ('model', 'optim_wrapper', 'custom_hooks', 'train_dataloader', 'test_dataloader'):
         assert static[key] == bf16[key], key
 
@@ -67,6 +70,7 @@ def train_and_test(root, work_dir, compiled):
     cfg.model.bbox_head.static_num_gts = 16
     if compiled:
         cfg.model.bbox_head.compile_cfg = dict(backend=BACKEND)
+        cfg.custom_hooks.append(dict(type='RetinaCompileHook', compile_cfg=dict(backend=BACKEND)))
     cfg.model.test_cfg.score_thr = 0.0  # untrained: keep boxes for the evaluator
     runner = Runner.from_cfg(cfg)
     model = runner.train()
@@ -85,9 +89,9 @@ def test_runner_trains_and_tests_compiled_as_eager_with_one_graph_per_shape(tmp_
         got, metrics = train_and_test(root, tmp_path / 'compiled', compiled=True)
     finally:
         torch._dynamo.reset()
-    # 4 training steps of one shape: one forward and one backward graph; 2 test images of one
-    # shape: one inference graph
-    assert GRAPHS == ['forward', 'backward', 'forward']
+    # backbone, neck and head: 4 training steps of one shape, one forward and one backward
+    # graph each; 2 test images of one shape, one inference graph each
+    assert GRAPHS == ['forward'] * 3 + ['backward'] * 3 + ['forward'] * 3
     assert (tmp_path / 'compiled' / 'iter_4.pth').is_file()
     moved = 0
     for name, value in expected.items():

@@ -19,6 +19,7 @@ from mmdet.registry import MODELS, TASK_UTILS
 from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 from torch import Tensor
 
+from ...utils.compiling import Compiler, check_compile_cfg
 from ..task_modules.prior_generators import AnchorCache
 from .retina_gt_reporter import GtReporter
 from .retina_head_checks import (
@@ -28,7 +29,6 @@ from .retina_head_checks import (
     check_sigmoid_loss,
     check_static_num_gts,
 )
-from .retina_head_compile import DenseCompiler, check_compile_cfg
 from .retina_head_loss import RetinaHeadLossMixin
 from .retina_head_predict import RetinaHeadPredictMixin
 from .retina_level_losses import BATCHED_LOSSES
@@ -159,7 +159,7 @@ class RetinaNetHead(RetinaHeadLossMixin, RetinaHeadPredictMixin, BaseDenseHead):
         self.static_num_gts = static_num_gts
         self._warned_static_gts = False
         compile_cfg = check_compile_cfg(compile_cfg)
-        self.dense_compiler = None if compile_cfg is None else DenseCompiler(compile_cfg)
+        self.dense_compiler = None if compile_cfg is None else Compiler(compile_cfg)
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
         PostProcessSettings.from_cfg(test_cfg)  # checked at build time, read at each predict

@@ -16,10 +16,7 @@ from mmdet.structures import DetDataSample
 from torch._dynamo.backends.common import aot_autograd
 
 from mmdet_retina_plugin.models.dense_heads.retina_gts import pad_gts
-from mmdet_retina_plugin.models.dense_heads.retina_head_compile import (
-    DenseCompiler,
-    check_compile_cfg,
-)
+from mmdet_retina_plugin.utils.compiling import Compiler, check_compile_cfg
 from mmdet_retina_plugin.utils.errors import RetinaConfigError
 
 STATIC_GTS = 8
@@ -54,7 +51,7 @@ def heads(counter, **ours):
     ours = dict(dict(loss_cls=dict(type='RetinaFocalLoss'), static_num_gts=STATIC_GTS), **ours)
     eager = build_pair('RetinaIoUAssigner', ours_only=ours)[1]
     compiled = copy.deepcopy(eager)
-    compiled.dense_compiler = DenseCompiler(check_compile_cfg(dict(backend=counter.backend)))
+    compiled.dense_compiler = Compiler(check_compile_cfg(dict(backend=counter.backend)))
     return eager, compiled
 
 
@@ -165,7 +162,7 @@ def test_a_failing_compile_warns_once_and_runs_eager(counter):
         raise RuntimeError('no compiler here')
 
     eager, compiled = heads(counter)
-    compiled.dense_compiler = DenseCompiler(check_compile_cfg(dict(backend=broken)))
+    compiled.dense_compiler = Compiler(check_compile_cfg(dict(backend=broken)))
     with pytest.warns(UserWarning, match='compiling dense_losses failed.*running it eager'):
         assert_same_training(eager, compiled, samples((3, 5)))
     with warnings.catch_warnings():
@@ -175,7 +172,7 @@ def test_a_failing_compile_warns_once_and_runs_eager(counter):
 
 
 def test_errors_of_the_code_itself_are_raised_not_blamed_on_the_compiler(counter):
-    compiler = DenseCompiler(check_compile_cfg(dict(backend=counter.backend)))
+    compiler = Compiler(check_compile_cfg(dict(backend=counter.backend)))
 
     def bad_input(x):
         if x.shape[0] > 2:
@@ -223,7 +220,7 @@ def test_inductor_compiles_both_regions_whole_and_equals_eager(counter):
     """The default backend, as users get it (C++ kernels on the CPU, Triton on a GPU): both
     regions compile without a fallback warning and give eager's numbers (~1 min on 2 cores)."""
     eager, compiled = heads(counter)
-    compiled.dense_compiler = DenseCompiler(check_compile_cfg({}))
+    compiled.dense_compiler = Compiler(check_compile_cfg({}))
     with warnings.catch_warnings():
         warnings.simplefilter('error', UserWarning)
         for counts, seed in (((3, 5), 0), ((2, 1), 4)):
@@ -248,7 +245,7 @@ def test_on_a_gpu_cuda_graphs_replay_the_compiled_head(counter):
 
     eager, compiled = heads(counter)
     eager.cuda()
-    compiled.cuda().dense_compiler = DenseCompiler(check_compile_cfg(dict(mode='reduce-overhead')))
+    compiled.cuda().dense_compiler = Compiler(check_compile_cfg(dict(mode='reduce-overhead')))
     feats = tuple(f.cuda() for f in FEATS)
 
     def on_gpu(data_samples):
