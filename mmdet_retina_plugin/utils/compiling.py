@@ -106,22 +106,20 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def module_forward(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """``module``'s class forward: compiled once for every module of a class, the module an
-    argument."""
-    return type(module).forward(module, *args, **kwargs)
-
-
 class CompiledForward:
     """A module's ``forward`` (set as its instance attribute) run through a :class:`Compiler`;
-    a deep copy of the module (e.g. an EMA model) gets one of its own, bound to the copy."""
+    a deep copy of the module (e.g. an EMA model) gets one of its own, bound to the copy.
+
+    Its class's ``forward`` is compiled with the module as an argument: one code object per
+    class, so dynamo's cache of graphs per code object holds one class's shapes and modes only.
+    """
 
     def __init__(self, module: torch.nn.Module, compiler: Compiler) -> None:
         self.module = module
         self.compiler = compiler
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.compiler(module_forward, self.module, *args, **kwargs)
+        return self.compiler(type(self.module).forward, self.module, *args, **kwargs)
 
 
 def compile_forward(module: torch.nn.Module, compiler: Compiler) -> bool:

@@ -103,7 +103,7 @@ def test_a_failing_compile_warns_once_and_runs_eager():
                      compile_cfg=dict(backend=broken))).before_train(SimpleNamespace(model=model))
     x = torch.randn(1, 3, 64, 64)
     with pytest.warns(UserWarning, match=r'RetinaCompileHook \(backbone\): compiling '
-                                         r'module_forward failed'):
+                                         r'forward failed'):
         got = model.backbone(x)
     for g, e in zip(got, eager.backbone(x)):
         torch.testing.assert_close(g, e)
