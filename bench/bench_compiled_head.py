@@ -4,7 +4,7 @@
 Cases (R50 RetinaNet's head on 256-channel pyramid features, COCO's 80 classes):
 
 * ``predict``: ``head.predict`` (both subnets, candidate selection, NMS), one 800x1216 image,
-  class scores spread so that post-processing has work (as ``bench/gpu/side_by_side.py``);
+  class scores spread so that post-processing has work (``bench/retinanet_r50.py``);
 * ``loss+backward``: ``head.loss`` (both subnets, targets, losses) and the backward pass into the
   features and weights, two 512x768 images (the head's convolutions dominate a CPU's time at
   full size), 8 gts per image.
@@ -34,6 +34,7 @@ from torch.profiler import ProfilerActivity, profile
 import mmdet_retina_plugin  # noqa: F401  (registers our modules)
 from bench.bench_head import NUM_CLASSES, STRIDES, build_heads
 from bench.harness import measure_pair, report
+from bench.retinanet_r50 import spread_scores
 from mmdet_retina_plugin.utils.compiling import Compiler, check_compile_cfg
 
 PREDICT_HW = (800, 1216)
@@ -114,9 +115,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     stock, eager = build_heads()
-    with torch.no_grad():  # scores spread over (0, 1), ~10 % above score_thr
-        stock.retina_cls.weight.mul_(1000.0)
-        stock.retina_cls.bias.fill_(math.log(0.1 / 0.9))
+    spread_scores(stock)
     eager.load_state_dict(stock.state_dict(), strict=True)
     eager.static_num_gts = STATIC_GTS  # as the compiled head, so only compiling differs
     compiled = copy.deepcopy(eager)

@@ -31,6 +31,7 @@ from mmengine.config import Config
 
 import mmdet_retina_plugin  # noqa: F401  (registers our modules)
 from bench.harness import measure_pair, report
+from bench.retinanet_r50 import spread_scores
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = {
@@ -52,10 +53,7 @@ def _build(config: str, state_dict=None):
     if state_dict is None:
         torch.manual_seed(0)
         model.init_weights()
-        head = model.bbox_head
-        with torch.no_grad():  # scores spread over (0, 1), ~10 % above score_thr
-            head.retina_cls.weight.mul_(1000.0)
-            head.retina_cls.bias.fill_(math.log(0.1 / 0.9))
+        spread_scores(model.bbox_head)
     else:
         model.load_state_dict(state_dict, strict=True)
     return cfg, model.eval()

@@ -121,11 +121,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Optional[i
     if not torch.cuda.is_available():
         raise SystemExit('host_syncs: no CUDA device (sync debug mode watches CUDA streams)')
     from bench.bench_train_step import make_batch
-    from bench.gpu.side_by_side import build_pair, spread_scores
+    from bench.gpu.side_by_side import build_pair
+    from bench.retinanet_r50 import spread_scores
 
     models = build_pair('cuda')
     for model in models.values():  # detections above score_thr: predict has work to do
-        spread_scores(model)
+        spread_scores(model.bbox_head)
     data = make_batch([(800, 1216)] * args.images, args.gts)
     counts = head_sync_counts(models, data)
     lines: List[str] = [f'{path}: ' + ', '.join(f'{k} {v}' for k, v in per.items())

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +53,7 @@ from bench.bench_focal_loss import fwd_bwd, make_inputs
 from bench.bench_train_step import build_pair, make_batch, train_step
 from bench.gpu.host_syncs import head_sync_counts
 from bench.harness import machine, measure, measure_pair
+from bench.retinanet_r50 import spread_scores
 
 CONFIGS = Path(__file__).resolve().parents[2] / 'configs' / 'retinanet'
 GPU_CONFIG = CONFIGS / 'retina-plugin_r50_fpn_gpu-1x_coco.py'
@@ -133,7 +133,7 @@ class Bench:
         inference and sync rows."""
         models = {name: self.model(name).eval() for name in ('stock', 'ours', 'gpu-config')}
         if not self.scores_spread:
-            spread_scores(models['stock'])
+            spread_scores(models['stock'].bbox_head)
             for name in ('ours', 'gpu-config'):
                 models[name].load_state_dict(models['stock'].state_dict(), strict=True)
             self.scores_spread = True
@@ -300,15 +300,6 @@ def infer_step(model: torch.nn.Module, data: Dict[str, list],
                                              enabled=autocast):
             return model.test_step(data)
     return run
-
-
-def spread_scores(model: torch.nn.Module) -> None:
-    """Spreads ``model``'s class scores over (0, 1), ~10 % above ``score_thr`` (as
-    ``bench/bench_inference.py``): random weights otherwise score every anchor near the prior
-    0.01, below the threshold, and post-processing would have nothing to do."""
-    with torch.no_grad():
-        model.bbox_head.retina_cls.weight.mul_(1000.0)
-        model.bbox_head.retina_cls.bias.fill_(math.log(0.1 / 0.9))
 
 
 def same_detections(stock: Sequence[object], ours: Sequence[object]) -> str:

@@ -156,8 +156,8 @@ class RetinaHeadLossMixin:
         ``static_num_gts`` at least) of a batch."""
         anchors, _, valid = self.training_anchors(featmap_sizes, batch_img_metas, device)
         min_count = self.static_num_gts or 0
-        most = max((len(g) for g in batch_gt_instances), default=0)
-        if min_count and most > min_count and not self._warned_static_gts:
+        most = max((len(g) for g in batch_gt_instances), default=0) if min_count else 0
+        if most > min_count and not self._warned_static_gts:
             self._warned_static_gts = True
             warnings.warn(f'RetinaNetHead: an image has {most} gts, more than static_num_gts='
                           f'{min_count}; its batch is padded to {most} (a new loss shape; '

@@ -80,13 +80,16 @@ class RetinaHeadPredictMixin:
         Returns:
             InstanceList: as :meth:`predict_by_feat`.
         """
+        if self.dense_compiler is None:
+            return super().predict(x, batch_data_samples, rescale)
         settings = PostProcessSettings.from_cfg(self.test_cfg)
-        if self.dense_compiler is None or settings.nms_pre <= 0:
+        if settings.nms_pre <= 0:
             return super().predict(x, batch_data_samples, rescale)
         metas = [sample.metainfo for sample in batch_data_samples]
         featmap_sizes = check_feature_levels(x, self.prior_generator.num_levels)
         _, level_anchors = self.anchor_cache.anchors(featmap_sizes, x[0].device, x[0].dtype)
         img_hw = image_hw(metas, x[0])
+        # an input of the region, not a constant traced into it: it changes with the images
         scale_factors = host_tensor([m['scale_factor'] for m in metas], x[0].dtype,
                                     x[0].device) if rescale else None
         candidates = self.dense_compiler(dense_candidates, self, tuple(x), level_anchors,
