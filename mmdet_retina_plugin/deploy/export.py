@@ -162,8 +162,8 @@ class RetinaNetGraph(nn.Module):
         ONNX's NMS and the padded outputs; arguments and outputs as :meth:`forward`."""
         settings, head = self.settings, self.head
         cand = select_candidates(
-            cls_scores, bbox_preds, anchors, head.cls_out_channels, head.bbox_coder, settings,
-            [settings.nms_pre] * len(cls_scores), img_shapes, topk=graph_ops.level_topk)
+            cls_scores, bbox_preds, torch.cat(anchors), head.cls_out_channels, head.bbox_coder,
+            settings, settings.nms_pre, img_shapes, topk=graph_ops.level_topk)
         nms_boxes = cand.bboxes if settings.nms.get('class_agnostic', False) else \
             class_offset_boxes(cand.bboxes, cand.labels, cand.valid)
         nms_scores = torch.where(cand.valid, cand.scores,

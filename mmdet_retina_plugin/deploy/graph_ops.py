@@ -25,7 +25,7 @@ NMS_SCORE_THRESHOLD = -0.5
 
 def level_topk(logits: Tensor, k: int) -> Tuple[Tensor, Tensor]:
     """The ``k`` largest logits of each row, with a static output width (the exporter's
-    ``topk`` of ``select_level_topk``).
+    ``topk`` of ``select_pairs``).
 
     Rows narrower than ``k`` (small feature maps) are padded with ``-inf`` first, so ``TopK``'s
     ``k`` never exceeds the row and the graph keeps one shape for every input size.

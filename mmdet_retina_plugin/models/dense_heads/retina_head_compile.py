@@ -20,7 +20,7 @@ of the eager code itself is raised as it is).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -50,7 +50,7 @@ def dense_losses(head: torch.nn.Module, feats: Tuple[Tensor, ...], anchors: Tens
 
 
 def dense_candidates(head: torch.nn.Module, feats: Tuple[Tensor, ...],
-                     level_anchors: Sequence[Tensor], settings: PostProcessSettings,
+                     anchors: Tensor, settings: PostProcessSettings,
                      img_hw: Tensor, scale_factors: Optional[Tensor]) -> Candidates:
     """Inference's region: the head's forward and :func:`select_candidates` with ``nms_pre``
     pairs per level.
@@ -58,16 +58,15 @@ def dense_candidates(head: torch.nn.Module, feats: Tuple[Tensor, ...],
     Args:
         head (RetinaNetHead): the head.
         feats (Tuple[Tensor, ...]): pyramid maps ``(B, C, Hi, Wi)``, finest first.
-        level_anchors (Sequence[Tensor]): ``[(Hi*Wi*A, 4)]`` anchors of each level.
+        anchors (Tensor): ``(sum(Hi*Wi*A), 4)`` anchors of all levels.
         settings (PostProcessSettings): the test settings, ``nms_pre > 0``.
         img_hw (Tensor): ``(B, 2)`` image ``(h, w)``.
         scale_factors (Tensor, optional): ``(B, 2)`` ``(w_scale, h_scale)`` to map boxes back
             to the original images; None keeps input pixels.
 
     Returns:
-        Candidates: ``(B, M, ...)`` candidates before NMS, ``M = sum(min(nms_pre, Hi*Wi*A*K))``.
+        Candidates: ``(B, M, ...)`` candidates before NMS (``select_candidates``).
     """
     cls_scores, bbox_preds = head(feats)
-    return select_candidates(cls_scores, bbox_preds, level_anchors, head.cls_out_channels,
-                             head.bbox_coder, settings, [settings.nms_pre] * len(cls_scores),
-                             img_hw, scale_factors)
+    return select_candidates(cls_scores, bbox_preds, anchors, head.cls_out_channels,
+                             head.bbox_coder, settings, settings.nms_pre, img_hw, scale_factors)

@@ -15,7 +15,7 @@ from ...utils.errors import RetinaConfigError
 from .retina_gts import host_tensor, image_hw
 from .retina_head_checks import check_feature_levels, check_levels
 from .retina_head_compile import dense_candidates
-from .retina_post_processing import detections_by_image, level_topk_sizes, select_candidates
+from .retina_post_processing import detections_by_image, select_candidates, topk_size
 from .retina_post_settings import PostProcessSettings
 
 
@@ -56,11 +56,11 @@ class RetinaHeadPredictMixin:
         featmap_sizes = check_levels(cls_scores, bbox_preds, self.prior_generator.num_levels)
         settings = PostProcessSettings.from_cfg(self.test_cfg if cfg is None else cfg)
         nms_cfg = settings.nms_cfg() if with_nms else None
-        _, level_anchors = self.anchor_cache.anchors(featmap_sizes, cls_scores[0].device,
-                                                     cls_scores[0].dtype)
+        anchors, _ = self.anchor_cache.anchors(featmap_sizes, cls_scores[0].device,
+                                               cls_scores[0].dtype)
         candidates = select_candidates(
-            cls_scores, bbox_preds, level_anchors, self.cls_out_channels, self.bbox_coder,
-            settings, level_topk_sizes(cls_scores, settings),
+            cls_scores, bbox_preds, anchors, self.cls_out_channels, self.bbox_coder, settings,
+            topk_size(cls_scores, settings),
             image_hw(batch_img_metas, bbox_preds[0]),
             [m['scale_factor'] for m in batch_img_metas] if rescale else None)
         return detections_by_image(*candidates, nms_cfg, settings.max_per_img)
@@ -87,11 +87,11 @@ class RetinaHeadPredictMixin:
             return super().predict(x, batch_data_samples, rescale)
         metas = [sample.metainfo for sample in batch_data_samples]
         featmap_sizes = check_feature_levels(x, self.prior_generator.num_levels)
-        _, level_anchors = self.anchor_cache.anchors(featmap_sizes, x[0].device, x[0].dtype)
+        anchors, _ = self.anchor_cache.anchors(featmap_sizes, x[0].device, x[0].dtype)
         img_hw = image_hw(metas, x[0])
         # an input of the region, not a constant traced into it: it changes with the images
         scale_factors = host_tensor([m['scale_factor'] for m in metas], x[0].dtype,
                                     x[0].device) if rescale else None
-        candidates = self.dense_compiler(dense_candidates, self, tuple(x), level_anchors,
+        candidates = self.dense_compiler(dense_candidates, self, tuple(x), anchors,
                                          settings, img_hw, scale_factors)
         return detections_by_image(*candidates, settings.nms_cfg(), settings.max_per_img)

@@ -6,11 +6,15 @@ the NMS every tensor's shape follows from the batch's shapes and the settings al
 ``nonzero``, no ``.item()``), so the host waits for the device twice per batch, both in step 5.
 Steps 1 to 4 are :func:`select_candidates`, which the ONNX exporter calls too:
 
-1. :func:`select_level_topk`: per level, for the whole batch, the ``min(nms_pre, Hi*Wi*A*K)``
-   best (anchor, class) pairs of each image (:func:`topk_rows`), read on the logits in their
-   memory order, NCHW or channels-last (no permute copy, no sigmoid over every pair); whether a
-   pair's score passes ``score_thr`` is a mask carried along, not a filter;
-2. :func:`gather_level`: the deltas and anchors of the selected pairs;
+1. :func:`select_pairs`: per level, for the whole batch, the ``nms_pre`` best (anchor, class)
+   pairs of each image, read on the logits in their memory order, NCHW or channels-last (no
+   permute copy, no sigmoid over every pair). On a GPU all levels are ranked together
+   (:func:`block_topk`: two ``topk`` calls for the batch, where a level-by-level loop makes ten,
+   each a few kernel launches); whether a pair's score passes ``score_thr`` is a mask carried
+   along, not a filter. Each pair is named by its index in mmdet's order of all the
+   batch's pairs (level, row, column, base anchor, class), from which steps 2 and 3 read it
+   with no per-level work;
+2. the deltas (:func:`gather_deltas`) and anchors of the selected pairs;
 3. :func:`decode_boxes`, :func:`clip_boxes`, :func:`rescale_boxes`;
 4. :func:`min_size_mask`, and-ed into the mask (mmdet's ``min_bbox_size``);
 5. :func:`detections_by_image`: one class-wise NMS for the whole batch
@@ -20,12 +24,12 @@ Steps 1 to 4 are :func:`select_candidates`, which the ONNX exporter calls too:
    by image, which reads the host once or more per image.
 
 With ``nms_pre <= 0`` (every pair above ``score_thr``) the top-k of step 1 is sized by the
-largest per-image candidate count of each level, one more host read
-(:func:`level_topk_sizes`).
+largest per-image candidate count of the levels, one more host read (:func:`topk_size`).
 """
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from itertools import accumulate
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -35,6 +39,7 @@ from mmdet.utils import InstanceList
 from mmengine.structures import InstanceData
 from torch import Tensor
 
+from ...utils.compiling import is_compiling
 from ..layers.batched_nms import batched_nms_padded
 from ..layers.batched_nms import supports as batched_nms_supports
 from .retina_box_coding import decode_boxes
@@ -45,24 +50,8 @@ from .retina_post_settings import PostProcessSettings
 TopK = Callable[[Tensor, int], Tuple[Tensor, Tensor]]
 
 # Width of the blocks whose maxima pre-select the top-k (see topk_rows): the first pass reads
-# every logit once, vectorised; the second sorts k blocks of this many.
+# every logit once, vectorised; the second ranks k blocks of this many.
 _BLOCK = 64
-
-
-class LevelSelection(NamedTuple):
-    """The pairs :func:`select_level_topk` kept on one level.
-
-    Attributes:
-        scores (Tensor): ``(B, k)`` sigmoid scores, descending per image.
-        labels (Tensor): ``(B, k)`` long classes in ``[0, K)``.
-        base (Tensor): ``(B, k)`` long base anchor in ``[0, Ab)``.
-        pixel (Tensor): ``(B, k)`` long location ``y * W + x``.
-    """
-
-    scores: Tensor
-    labels: Tensor
-    base: Tensor
-    pixel: Tensor
 
 
 def logit_floor(score_thr: float) -> float:
@@ -75,22 +64,111 @@ def logit_floor(score_thr: float) -> float:
     return math.log(score_thr / (1 - score_thr)) - 1e-3
 
 
-def level_topk_sizes(cls_scores: Sequence[Tensor], settings: PostProcessSettings) -> List[int]:
-    """The ``k`` of each level's top-k: ``nms_pre``, or with ``nms_pre <= 0`` the largest
-    number of an image's pairs above ``score_thr`` on the level (one host read for all levels).
+def topk_size(cls_scores: Sequence[Tensor], settings: PostProcessSettings) -> int:
+    """The ``k`` of step 1's top-k: ``nms_pre``, or with ``nms_pre <= 0`` the largest number
+    of an image's pairs above ``score_thr`` on one level (one host read for all levels).
 
     Args:
         cls_scores (Sequence[Tensor]): ``[(B, Ab*K, Hi, Wi)]`` logits, any memory layout.
         settings (PostProcessSettings): the head's test settings.
 
     Returns:
-        List[int]: one ``k`` per level.
+        int: pairs kept per level and image.
     """
     if settings.nms_pre > 0:
-        return [settings.nms_pre] * len(cls_scores)
+        return settings.nms_pre
     floor = logit_floor(settings.score_thr)
     counts = torch.stack([(s.detach() > floor).sum((1, 2, 3)) for s in cls_scores])  # (L, B)
-    return counts.amax(1).tolist()
+    return int(counts.max())
+
+
+def is_pixel_major(maps: Sequence[Tensor]) -> bool:
+    """Whether every ``(B, C, Hi, Wi)`` map is read pixel-major (channels-last-contiguous, and
+    not all of them NCHW-contiguous too, as ``1x1`` maps are)."""
+    return not all(m.is_contiguous() for m in maps) and all(
+        m.is_contiguous(memory_format=torch.channels_last) for m in maps)
+
+
+def level_rows(maps: Sequence[Tensor]) -> Tuple[List[Tensor], bool]:
+    """Each level's ``(B, C, Hi, Wi)`` map as ``(B, C*Hi*Wi)`` rows in memory order (views, no
+    copy, where every level is NCHW- or every level channels-last-contiguous).
+
+    Returns:
+        Tuple[List[Tensor], bool]: the rows, and whether they are pixel-major (column
+        ``pixel * C + channel``, :func:`is_pixel_major`) rather than channel-major
+        (``channel * Hi*Wi + pixel``).
+    """
+    if is_pixel_major(maps):
+        return [m.detach().permute(0, 2, 3, 1).reshape(m.size(0), -1) for m in maps], True
+    return [m.detach().reshape(m.size(0), -1) for m in maps], False
+
+
+def pair_index(cols: Tensor, channels: int, area: Union[Tensor, int],
+               offset: Union[Tensor, int], pixel_major: bool) -> Tensor:
+    """Columns of a level's rows (:func:`level_rows`) as indices into mmdet's order of all the
+    levels' pairs, ``offset + pixel * C + channel``.
+
+    Args:
+        cols (Tensor): long columns, any shape broadcasting with ``area`` and ``offset``.
+        channels (int): ``C = Ab*K``.
+        area (Tensor | int): the level's ``Hi*Wi``.
+        offset (Tensor | int): ``C`` times the pixels of the levels before it.
+        pixel_major (bool): the rows' order.
+
+    Returns:
+        Tensor: long, ``cols``' shape.
+    """
+    if pixel_major:
+        return cols + offset
+    channel = cols // area  # cols = channel * area + pixel, so: pixel * C + channel
+    return cols * channels - channel * (area * channels - 1) + offset
+
+
+class LevelIndex(NamedTuple):
+    """Constants of :func:`block_topk` for one pyramid's sizes, ``(L, 1)`` long each (they
+    broadcast against ``(B, L, k)``) unless said otherwise.
+
+    Attributes:
+        blocks (Tensor): whole ``_BLOCK``-wide blocks of each level's row.
+        length (Tensor): the row's length ``C*Hi*Wi``.
+        area (Tensor): ``Hi*Wi``.
+        offset (Tensor): ``C`` times the pixels of the levels before it.
+        tail (Tensor): ``(L, _BLOCK - 1)`` the columns after the last whole block (the ones
+            ``>= length`` are none).
+        inside (Tensor): ``(_BLOCK,)`` ``0 .. _BLOCK - 1``.
+    """
+
+    blocks: Tensor
+    length: Tensor
+    area: Tensor
+    offset: Tensor
+    tail: Tensor
+    inside: Tensor
+
+
+def level_index(sizes: Tuple[Tuple[int, int], ...], channels: int,
+                device: torch.device) -> LevelIndex:
+    """The :class:`LevelIndex` of ``(Hi, Wi)`` maps of ``channels`` channels (cached per
+    sizes and device; made in the graph under ``torch.compile``)."""
+    if is_compiling():
+        return _make_level_index(sizes, channels, device)
+    return _cached_level_index(sizes, channels, torch.device(device))
+
+
+def _make_level_index(sizes: Tuple[Tuple[int, int], ...], channels: int,
+                      device: torch.device) -> LevelIndex:
+    areas = [h * w for h, w in sizes]
+    lengths = [a * channels for a in areas]
+    blocks = [n // _BLOCK for n in lengths]
+    offsets = [0, *accumulate(lengths)][:-1]
+    table = host_tensor([[b, n, a, o, *range(b * _BLOCK, (b + 1) * _BLOCK - 1)]
+                         for b, n, a, o in zip(blocks, lengths, areas, offsets)],
+                        torch.long, device)
+    columns = table.split([1, 1, 1, 1, _BLOCK - 1], dim=1)
+    return LevelIndex(*columns, host_tensor(list(range(_BLOCK)), torch.long, device))
+
+
+_cached_level_index = lru_cache(maxsize=16)(_make_level_index)
 
 
 def topk_rows(logits: Tensor, k: int) -> Tuple[Tensor, Tensor]:
@@ -126,57 +204,116 @@ def topk_rows(logits: Tensor, k: int) -> Tuple[Tensor, Tensor]:
     return values, cols.gather(1, picked)
 
 
-def select_level_topk(cls_score: Tensor, num_classes: int, k: int,
-                      topk: TopK = topk_rows) -> LevelSelection:
-    """The ``k`` best (anchor, class) pairs of one level for each image.
+def block_topk(rows: Sequence[Tensor], k: int, index: LevelIndex) -> Tuple[Tensor, Tensor]:
+    """:func:`topk_rows` of every level at once: two ``topk`` calls for the batch, where a
+    loop over the levels makes ``2 * L`` (on a GPU each is several kernel launches, which the
+    host pays for one by one).
+
+    The levels' block maxima, then the entries of their ``k`` best blocks (and the last
+    ``< _BLOCK`` entries of each row, which fill no block), are laid side by side in tables
+    padded with ``-inf``. Only the order among equal values can differ from each row's
+    ``topk(k)``.
 
     Args:
-        cls_score (Tensor): ``(B, Ab*K, H, W)`` logits; channel ``a*K + k`` is class ``k`` of
-            base anchor ``a``. Read in its memory order, NCHW or channels-last, without a copy.
-        num_classes (int): ``K``.
-        k (int): pairs kept per image (all ``H*W*Ab*K`` if larger).
-        topk (TopK): the row-wise top-k (the exporter's has a fixed output width).
+        rows (Sequence[Tensor]): ``[(B, Ni)]`` per level, rows of unit stride (a view is read
+            in place); ``Ni`` is ``index.length``.
+        k (int): entries per level and row, >= 0.
+        index (LevelIndex): the levels' constants.
 
     Returns:
-        LevelSelection: scores, classes and positions of the best pairs, ``(B, k')`` each
-        (``k' = min(k, H*W*Ab*K)`` with :func:`topk_rows`).
+        Tuple[Tensor, Tensor]: ``values`` ``(B, L, k)``, descending, ``-inf`` past a level's
+        ``Ni`` entries; their columns ``(B, L, k)`` in ``[0, Ni)`` (clamped on the padding).
     """
-    batch, channels, height, width = cls_score.shape
-    logits = cls_score.detach()
-    if not logits.is_contiguous() and logits.is_contiguous(memory_format=torch.channels_last):
-        # flat index into (H*W, Ab*K): pixel * Ab*K + a*K + k (mmdet's own order)
-        top_logits, flat = topk(logits.permute(0, 2, 3, 1).reshape(batch, -1), k)
-        channel, pixel = flat % channels, flat // channels
-    else:
-        # flat index into (Ab*K, H*W): (a*K + k) * H*W + pixel; no remainder by H*W, which
-        # the dynamo exporter cannot take of a symbolic size
-        top_logits, flat = topk(logits.reshape(batch, -1), k)
-        channel = flat // (height * width)
-        pixel = flat - channel * (height * width)
-    return LevelSelection(top_logits.sigmoid(), channel % num_classes, channel // num_classes,
-                          pixel)
+    batch, levels = rows[0].size(0), len(rows)
+    counts = [row.size(1) // _BLOCK for row in rows]
+    maxima = rows[0].new_full((batch, levels, max(k, *counts)), float('-inf'))
+    for level, (row, count) in enumerate(zip(rows, counts)):
+        blocks = row[:, :count * _BLOCK].unflatten(1, (count, _BLOCK))
+        if is_compiling():  # dynamo takes no strided out=; its compiler fuses the copy
+            maxima[:, level, :count] = blocks.amax(2)
+        else:
+            torch.amax(blocks, 2, out=maxima[:, level, :count])
+    picked = maxima.topk(k, dim=2).indices  # (B, L, k)
+    # padding blocks point past the row, so that they never repeat the tail's columns
+    picked = torch.where(picked < index.blocks, picked, index.length)
+    cols = torch.cat([(picked[..., None] * _BLOCK + index.inside).flatten(2),
+                      index.tail.expand(batch, -1, -1)], 2)  # (B, L, k * _BLOCK + _BLOCK - 1)
+    inside = cols < index.length
+    cols = torch.minimum(cols, index.length - 1)
+    values = torch.stack([row.gather(1, cols[:, level]) for level, row in enumerate(rows)], 1)
+    values, picked = torch.where(inside, values, float('-inf')).topk(k, dim=2)
+    return values, cols.gather(2, picked)
 
 
-def gather_level(bbox_pred: Tensor, anchors: Tensor, base: Tensor,
-                 pixel: Tensor) -> Tuple[Tensor, Tensor]:
-    """Deltas and anchors of selected positions of one level.
+def ranks_levels_together(rows: Sequence[Tensor], k: int) -> bool:
+    """Whether :func:`select_pairs` ranks all levels at once (:func:`block_topk`) rather than
+    level by level (:func:`topk_rows`): off the CPU, where every op is a kernel launch and
+    the host, not the work, bounds a small batch; and only where some level's row is longer
+    than ``k`` blocks. On the CPU an op costs its work alone, and the loop's is smaller: it
+    pads no short level up to ``k * _BLOCK`` candidates."""
+    return rows[0].device.type != 'cpu' and max(row.size(1) for row in rows) > k * _BLOCK
+
+
+def select_pairs(cls_scores: Sequence[Tensor], k: int, topk: Optional[TopK] = None
+                 ) -> Tuple[Tensor, Tensor]:
+    """Step 1: the ``k`` best (anchor, class) pairs of each level and image.
 
     Args:
-        bbox_pred (Tensor): ``(B, Ab*D, H, W)`` deltas (``D`` = the coder's ``encode_size``),
-            any memory layout (read by indexing, no copy).
-        anchors (Tensor): ``(H*W*Ab, 4)`` the level's anchors (row, column, base anchor order).
-        base (Tensor): ``(B, k)`` base anchors.
-        pixel (Tensor): ``(B, k)`` locations ``y * W + x``.
+        cls_scores (Sequence[Tensor]): ``[(B, Ab*K, Hi, Wi)]`` logits; channel ``a*K + k`` is
+            class ``k`` of base anchor ``a``. Read in their memory order, NCHW or
+            channels-last, without a copy.
+        k (int): pairs kept per level and image.
+        topk (TopK, optional): a row-wise top-k applied level by level (the exporter's has a
+            fixed output width); None: :func:`block_topk` for all levels at once where
+            :func:`ranks_levels_together`, else :func:`topk_rows` level by level.
 
     Returns:
-        Tuple[Tensor, Tensor]: ``(B, k, D)`` deltas and ``(B, k, 4)`` anchors.
+        Tuple[Tensor, Tensor]: ``values`` ``(B, M)`` logits (``-inf`` for padding, never a
+        pair) and their long indices ``(B, M)`` into mmdet's order of all levels' pairs
+        (level, row, column, base anchor, class). ``M`` is ``L * k`` for :func:`block_topk`,
+        else the sum of the levels' top-k widths.
     """
-    batch, _, height, width = bbox_pred.shape
-    num_base = anchors.size(0) // (height * width)
-    deltas = bbox_pred.detach().unflatten(1, (num_base, -1))  # (B, Ab, D, H, W), a view
-    batch_idx = torch.arange(batch, device=pixel.device)[:, None]
-    return (deltas[batch_idx, base, :, pixel // width, pixel % width],
-            anchors[pixel * num_base + base])
+    rows, pixel_major = level_rows(cls_scores)
+    channels = cls_scores[0].size(1)
+    if topk is None and ranks_levels_together(rows, k):
+        sizes = tuple((s.size(2), s.size(3)) for s in cls_scores)
+        index = level_index(sizes, channels, cls_scores[0].device)
+        values, cols = block_topk(rows, k, index)
+        return values.flatten(1), pair_index(cols, channels, index.area, index.offset,
+                                              pixel_major).flatten(1)
+    values, pairs, offset = [], [], 0
+    for row, cls_score in zip(rows, cls_scores):
+        level_values, cols = (topk or topk_rows)(row, k)
+        values.append(level_values)
+        pairs.append(pair_index(cols, channels, cls_score.size(2) * cls_score.size(3), offset,
+                                pixel_major))
+        offset = offset + row.size(1)
+    return torch.cat(values, 1), torch.cat(pairs, 1)
+
+
+def gather_deltas(bbox_preds: Sequence[Tensor], anchor_ids: Tensor, num_base: int) -> Tensor:
+    """The deltas of the anchors ``anchor_ids``, with one copy of all levels' deltas (a small
+    tensor: ``4/K`` of the logits) and one gather.
+
+    Args:
+        bbox_preds (Sequence[Tensor]): ``[(B, Ab*D, Hi, Wi)]`` deltas (``D`` = the coder's
+            ``encode_size``), any memory layout.
+        anchor_ids (Tensor): ``(B, M)`` long, in mmdet's anchor order (level, row, column, base
+            anchor), in ``[0, sum(Hi*Wi) * Ab)``.
+        num_base (int): ``Ab``.
+
+    Returns:
+        Tensor: ``(B, M, D)``.
+    """
+    preds = [p.detach() for p in bbox_preds]
+    if is_pixel_major(preds):  # rows of (anchor, delta) pairs already
+        flat = torch.cat([p.permute(0, 2, 3, 1).flatten(1, 2) for p in preds], 1)
+        flat = flat.unflatten(2, (num_base, -1)).flatten(1, 2)  # (B, S, D)
+        return flat.gather(1, anchor_ids[..., None].expand(-1, -1, flat.size(2)))
+    flat = torch.cat([p.flatten(2) for p in preds], 2).unflatten(1, (num_base, -1))
+    batch_ids = torch.arange(anchor_ids.size(0), device=anchor_ids.device)[:, None]
+    # (B, Ab, D, sum(Hi*Wi)) indexed by (image, base, pixel): (B, M, D)
+    return flat[batch_ids, anchor_ids % num_base, :, anchor_ids // num_base]
 
 
 def rescale_boxes(bboxes: Tensor, scale_factors: Tensor) -> Tensor:
@@ -208,41 +345,39 @@ class Candidates(NamedTuple):
 
 
 def select_candidates(cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor],
-                      level_anchors: Sequence[Tensor], num_classes: int, bbox_coder: object,
-                      settings: PostProcessSettings, level_k: Sequence[int], img_hw: Tensor,
+                      anchors: Tensor, num_classes: int, bbox_coder: object,
+                      settings: PostProcessSettings, k: int, img_hw: Tensor,
                       scale_factors: Union[Tensor, Sequence[Sequence[float]], None] = None,
-                      topk: TopK = topk_rows) -> Candidates:
+                      topk: Optional[TopK] = None) -> Candidates:
     """Steps 1 to 4 of the module docstring: per-level top-k, gather, decode, clip, rescale and
     the ``score_thr`` / ``min_bbox_size`` mask, for the whole batch.
 
     Args:
         cls_scores (Sequence[Tensor]): ``[(B, Ab*K, Hi, Wi)]`` logits.
         bbox_preds (Sequence[Tensor]): ``[(B, Ab*D, Hi, Wi)]`` deltas.
-        level_anchors (Sequence[Tensor]): ``[(Hi*Wi*Ab, 4)]`` anchors of each level.
+        anchors (Tensor): ``(sum(Hi*Wi*Ab), 4)`` anchors of all levels (level, row, column,
+            base anchor).
         num_classes (int): ``K``.
         bbox_coder (object): decodes the deltas; its ``clip_border`` (default True) clips.
         settings (PostProcessSettings): ``score_thr`` and ``min_bbox_size``.
-        level_k (Sequence[int]): pairs kept per level and image (:func:`level_topk_sizes`).
+        k (int): pairs kept per level and image (:func:`topk_size`).
         img_hw (Tensor): ``(B, 2)`` image ``(h, w)`` (``img_shape``), any dtype.
         scale_factors (Tensor | Sequence[Sequence[float]], optional): per image
             ``(w_scale, h_scale)``, ``(B, 2)``: map the boxes back to the original images
             before the size mask (mmdet's ``rescale``); None keeps input pixels.
-        topk (TopK): the row-wise top-k of :func:`select_level_topk`.
+        topk (TopK, optional): a row-wise top-k for :func:`select_pairs`.
 
     Returns:
-        Candidates: ``M = sum`` of the levels' ``k'``.
+        Candidates: ``M`` candidates per image, as :func:`select_pairs` gives them.
     """
-    scores, labels, deltas, anchors = [], [], [], []
-    for cls_score, bbox_pred, level, k in zip(cls_scores, bbox_preds, level_anchors, level_k):
-        sel = select_level_topk(cls_score, num_classes, k, topk)
-        level_deltas, level_priors = gather_level(bbox_pred, level, sel.base, sel.pixel)
-        scores.append(sel.scores)
-        labels.append(sel.labels)
-        deltas.append(level_deltas)
-        anchors.append(level_priors)
-    scores, labels = torch.cat(scores, 1), torch.cat(labels, 1)  # (B, M)
+    values, pairs = select_pairs(cls_scores, k, topk)
+    scores, labels = values.sigmoid(), pairs % num_classes  # (B, M)
     valid = scores > settings.score_thr  # mmdet's exact test, on the selected pairs
-    bboxes = decode_boxes(bbox_coder, torch.cat(anchors, 1), torch.cat(deltas, 1))
+    if settings.score_thr < 0:  # the padding (score 0) is no pair
+        valid = valid & (values > float('-inf'))
+    anchor_ids = pairs // num_classes
+    deltas = gather_deltas(bbox_preds, anchor_ids, cls_scores[0].size(1) // num_classes)
+    bboxes = decode_boxes(bbox_coder, anchors[anchor_ids], deltas)
     if getattr(bbox_coder, 'clip_border', True):
         bboxes = clip_boxes(bboxes, img_hw.to(bboxes.dtype))
     if scale_factors is not None:

@@ -75,7 +75,7 @@ def class_offset_boxes(boxes: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
 
 
 def _sorted_candidates(scores: Tensor, group: Tensor, valid: Tensor
-                       ) -> Tuple[Tensor, Tensor, Tensor]:
+                       ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The valid candidates first, by group then descending score (ties: lower index first).
 
     Args:
@@ -84,20 +84,21 @@ def _sorted_candidates(scores: Tensor, group: Tensor, valid: Tensor
         valid (Tensor): ``(N,)`` bool.
 
     Returns:
-        Tuple[Tensor, Tensor, Tensor]: ``order`` ``(N,)``, a permutation of the candidates;
-        ``segment`` ``(N,)`` long, the index of each sorted candidate's group among the sorted
-        groups (non-decreasing, from 0; the invalid candidates form the last group); and the
-        size of the largest group of valid candidates, a 0-dim long tensor.
+        Tuple[Tensor, Tensor, Tensor, Tensor]: ``order`` ``(N,)``, a permutation of the
+        candidates; ``segment`` ``(N,)`` long, the index of each sorted candidate's group among
+        the sorted groups (non-decreasing, from 0; the invalid candidates form the last group);
+        the size of the largest group of valid candidates, a 0-dim long tensor; and
+        ``by_score`` ``(N,)``, all candidates by descending score alone (ties: lower index).
     """
-    order = scores.argsort(descending=True, stable=True)
-    key = torch.where(valid, group, group.max() + 1)[order]
+    by_score = scores.argsort(descending=True, stable=True)
+    key = torch.where(valid, group, group.max() + 1)[by_score]
     by_group = key.argsort(stable=True)
-    order, key = order[by_group], key[by_group]
+    order, key = by_score[by_group], key[by_group]
     starts = torch.ones_like(valid)
     starts[1:] = key[1:] != key[:-1]
     segment = starts.long().cumsum(0) - 1
     sizes = torch.zeros_like(segment).index_add_(0, segment, valid[order].long())
-    return order, segment, sizes.max()
+    return order, segment, sizes.max(), by_score
 
 
 def _greedy_rounds(boxes: Tensor, segment: Tensor, rounds: int, iou_threshold: float,
@@ -263,8 +264,8 @@ def batched_nms_padded(boxes: Tensor, scores: Tensor, labels: Tensor, valid: Ten
         # boxes, so split_thr changes nothing
         boxes = class_offset_boxes(boxes, labels, valid)
         group = img * (labels.max() + 1) + labels
-    order, segment, largest = _sorted_candidates(scores.flatten(), group.flatten(),
-                                                 valid.flatten())
+    order, segment, largest, by_score = _sorted_candidates(scores.flatten(), group.flatten(),
+                                                           valid.flatten())
     # host read 1: the candidates that take part (per image), and the rounds they need
     num_valid, largest, *valid_counts = torch.cat(
         [valid_counts.sum()[None], largest[None], valid_counts]).tolist()
@@ -274,20 +275,14 @@ def batched_nms_padded(boxes: Tensor, scores: Tensor, labels: Tensor, valid: Ten
     kept = _greedy(boxes.flatten(0, 1)[order], scores.flatten()[order], segment[:num_valid],
                    valid_counts, rounds, float(nms_cfg['iou_threshold']),
                    int(nms_cfg.get('offset', 0)), stop_early=not bounded)
-    # per image (the valid candidates of image i are the i-th run of valid_counts): kept boxes
-    # first, by descending score, ties by index; three stable sorts, least significant first
-    by_index = order.argsort()
-    order, kept = order[by_index], kept[by_index]
-    by_score = scores.flatten()[order].argsort(descending=True, stable=True)
-    order, kept = order[by_score], kept[by_score]
-    img = order // num
-    by_image = (img * 2 + (~kept).long()).argsort(stable=True)
-    order = order[by_image]
+    kept = torch.zeros_like(valid).flatten().index_put_((order,), kept)  # (B * M,)
+    # per image, the kept boxes first, by descending score (ties: by index): one stable sort of
+    # the candidates in score order
+    rank = by_score.div(num, rounding_mode='floor') * 2 + (~kept[by_score]).long()
+    by_image = by_score[rank.argsort(stable=True)]
     # host read 2: how many each image kept
-    kept_counts = torch.zeros(batch, dtype=torch.long, device=img.device).index_add_(
-        0, img, kept.long()).tolist()
+    kept_counts = kept.view(batch, num).sum(1).tolist()
     if bounded:
         kept_counts = [min(n, max_per_img) for n in kept_counts]
-    starts = [sum(valid_counts[:i]) for i in range(batch)]
-    keep = torch.cat([order[s:s + n] for s, n in zip(starts, kept_counts)])
+    keep = torch.cat([by_image[i * num:i * num + n] for i, n in enumerate(kept_counts)])
     return keep, kept_counts

@@ -8,6 +8,7 @@ from head_pairs import METAS, build_pair, random_maps
 from mmengine.config import ConfigDict
 from sync_count import count_syncs
 
+from mmdet_retina_plugin.models.dense_heads import retina_post_processing
 from mmdet_retina_plugin.models.layers import batched_nms
 
 
@@ -28,7 +29,12 @@ def batch_of_four(channels_last=False):
 
 @pytest.mark.parametrize('with_nms,budget', [(True, 2), (False, 1)])
 @pytest.mark.parametrize('channels_last', [False, True])
-def test_predict_by_feat_syncs_within_budget(with_nms, budget, channels_last):
+@pytest.mark.parametrize('together', [False, True], ids=['level-by-level', 'levels-together'])
+def test_predict_by_feat_syncs_within_budget(monkeypatch, with_nms, budget, channels_last,
+                                             together):
+    # a GPU ranks the levels together (block_topk); the CPU level by level
+    monkeypatch.setattr(retina_post_processing, 'ranks_levels_together',
+                        lambda rows, k: together)
     stock, ours = build_pair(test=dict(nms_pre=1000))
     cls, box, metas = batch_of_four(channels_last)
     assert (torch.cat([c.flatten() for c in cls]).sigmoid() > 0.05).sum() > 10000

@@ -63,7 +63,7 @@ def main() -> int:
         case = f'cuda_rule={cuda_rule} offset={offset} max_kept={max_kept} thr={thr}'
         try:
             shifted = bn.class_offset_boxes(boxes[None], labels[None], valid[None])[0]
-            order, segment, largest = bn._sorted_candidates(scores, labels, valid)
+            order, segment, largest, _ = bn._sorted_candidates(scores, labels, valid)
             num = int(valid.sum())
             max_kept = max_kept or int(largest)  # None: as many rounds as the largest group
             args = (shifted[order[:num]], segment[:num], max_kept, thr, offset, cuda_rule)
