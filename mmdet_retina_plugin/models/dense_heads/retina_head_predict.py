@@ -15,7 +15,8 @@ from ...utils.errors import RetinaConfigError
 from .retina_gts import host_tensor, image_hw
 from .retina_head_checks import check_feature_levels, check_levels
 from .retina_head_compile import dense_candidates
-from .retina_post_processing import detections_by_image, select_candidates, topk_size
+from .retina_pair_selection import topk_size
+from .retina_post_processing import detections_by_image, select_candidates
 from .retina_post_settings import PostProcessSettings
 
 

@@ -8,7 +8,7 @@ from head_pairs import METAS, build_pair, random_maps
 from mmengine.config import ConfigDict
 from sync_count import count_syncs
 
-from mmdet_retina_plugin.models.dense_heads import retina_post_processing
+from mmdet_retina_plugin.models.dense_heads import retina_pair_selection
 from mmdet_retina_plugin.models.layers import batched_nms
 
 
@@ -33,7 +33,7 @@ def batch_of_four(channels_last=False):
 def test_predict_by_feat_syncs_within_budget(monkeypatch, with_nms, budget, channels_last,
                                              together):
     # a GPU ranks the levels together (block_topk); the CPU level by level
-    monkeypatch.setattr(retina_post_processing, 'ranks_levels_together',
+    monkeypatch.setattr(retina_pair_selection, 'ranks_levels_together',
                         lambda rows, k: together)
     stock, ours = build_pair(test=dict(nms_pre=1000))
     cls, box, metas = batch_of_four(channels_last)
