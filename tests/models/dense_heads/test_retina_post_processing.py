@@ -1,7 +1,7 @@
 """Post-processing on fixed shapes: detections equal to mmdet's RetinaHead, with the levels
-ranked level by level (the CPU's path) and together (a GPU's),
-for the configs that change the shapes (nms_pre <= 0 or above a level's size, score_thr 0, no
-candidate at all), and the parsed test_cfg."""
+ranked one by one (the CPU's path) and together (a GPU's), for the configs that change the
+shapes (nms_pre <= 0 or above a level's size, score_thr 0, no candidate at all); the op budget
+of the candidate selection; and the parsed test_cfg."""
 from collections import Counter
 
 import pytest
