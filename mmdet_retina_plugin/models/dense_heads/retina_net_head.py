@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -32,6 +32,15 @@ from .retina_head_checks import (
 from .retina_head_loss import RetinaHeadLossMixin
 from .retina_head_predict import RetinaHeadPredictMixin
 from .retina_level_losses import BATCHED_LOSSES
+from .retina_level_packing import (
+    PackLevels,
+    check_pack_levels,
+    pack,
+    packable,
+    relu_inside,
+    unpack,
+    use_canvas,
+)
 from .retina_post_settings import PostProcessSettings
 
 
@@ -95,6 +104,12 @@ class RetinaNetHead(RetinaHeadLossMixin, RetinaHeadPredictMixin, BaseDenseHead):
             graphs. None (default) runs eager. With image sizes fixed
             (``RetinaDataPreprocessor(shape_buckets=...)``) and ``static_num_gts``, each image
             size compiles once.
+        pack_levels (bool | str): run the subnets on all levels at once, laid out in one
+            canvas (:mod:`.retina_level_packing`): 10 convolutions per batch instead of 50,
+            for ~13 % more convolution work; the outputs are the same maps. ``'auto'``
+            (default) packs small CUDA batches (about three 800x1216 images or fewer), where
+            kernel launches outweigh the work; True packs everywhere, False never. Heads with
+            a norm (e.g. GN) or other than plain 3x3 convs + ReLU always run level by level.
         train_cfg (dict, optional): ``assigner`` (any; batched through ``assign_batch`` when it
             has it), ``allowed_border`` (-1: keep anchors crossing the image border),
             ``pos_weight`` (<= 0: 1), ``sampler`` (None or ``PseudoSampler``, any spelling the
@@ -135,6 +150,7 @@ class RetinaNetHead(RetinaHeadLossMixin, RetinaHeadPredictMixin, BaseDenseHead):
                  avg_factor_momentum: Optional[float] = None,
                  static_num_gts: Optional[int] = None,
                  compile_cfg: OptConfigType = None,
+                 pack_levels: PackLevels = 'auto',
                  train_cfg: OptConfigType = None,
                  test_cfg: OptConfigType = None,
                  init_cfg: OptMultiConfig = None) -> None:
@@ -160,6 +176,7 @@ class RetinaNetHead(RetinaHeadLossMixin, RetinaHeadPredictMixin, BaseDenseHead):
         self._warned_static_gts = False
         compile_cfg = check_compile_cfg(compile_cfg)
         self.dense_compiler = None if compile_cfg is None else Compiler(compile_cfg)
+        self.pack_levels = check_pack_levels(pack_levels)
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
         PostProcessSettings.from_cfg(test_cfg)  # checked at build time, read at each predict
@@ -231,8 +248,9 @@ class RetinaNetHead(RetinaHeadLossMixin, RetinaHeadPredictMixin, BaseDenseHead):
             reg_feat = reg_conv(reg_feat)
         return self.retina_cls(cls_feat), self.retina_reg(reg_feat)
 
-    def forward(self, x: Sequence[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
-        """Runs the head on every level.
+    def forward(self, x: Iterable[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+        """Runs the head on every level: level by level, or on one canvas holding them all
+        (``pack_levels``; the same maps).
 
         Args:
             x: pyramid maps ``(B, in_channels, Hi, Wi)``, finest first.
@@ -240,8 +258,18 @@ class RetinaNetHead(RetinaHeadLossMixin, RetinaHeadPredictMixin, BaseDenseHead):
         Returns:
             ``cls_scores`` ``[(B, A*K, Hi, Wi)]`` and ``bbox_preds`` ``[(B, A*4, Hi, Wi)]``.
         """
-        outs = [self.forward_single(feat) for feat in x]
-        return [o[0] for o in outs], [o[1] for o in outs]
+        x = tuple(x)  # any iterable of maps, as mmdet's multi_apply takes
+        layout = use_canvas(self.pack_levels, x)
+        if layout is None or not packable((self.cls_convs, self.reg_convs),
+                                          (self.retina_cls, self.retina_reg)):
+            outs = [self.forward_single(feat) for feat in x]
+            return [o[0] for o in outs], [o[1] for o in outs]
+        cls_feat = reg_feat = pack(x, layout)
+        for cls_conv, reg_conv in zip(self.cls_convs, self.reg_convs):
+            cls_feat = relu_inside(cls_conv.conv(cls_feat), layout)
+            reg_feat = relu_inside(reg_conv.conv(reg_feat), layout)
+        return (unpack(self.retina_cls(cls_feat), layout),
+                unpack(self.retina_reg(reg_feat), layout))
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
         # Checkpoints of mmdet's RetinaHead (or of this head without the option) have no

@@ -6,11 +6,12 @@ their own dtypes and writes, as asked, one partial loss sum per program (per seg
 ``loss_weight / avg_factor`` and, in backward, by the incoming gradient. A forward + backward
 is three launches: the pass writing the partial sums and the gradient, the sum of the
 partials (:func:`triton_loss`), and backward's scaling by the incoming gradient
-(:func:`scale_grad`). The kernel is bound by its arithmetic (exp, log, reciprocals), not by
-memory, so computing the terms once and scaling them in a memory-bound pass beats recomputing
-them in backward; :func:`triton_grad` recomputes them in one pass where forward's gradient is
-gone (a second backward over a retained graph). ``avg_factor`` and the incoming gradient are
-read from device memory, never copied to the host.
+(:func:`scale_grad`: Triton for a loss per segment, ATen's ``mul_`` otherwise). The kernel is
+bound by its arithmetic (exp, log, reciprocals), not by memory, so computing the terms once and
+scaling them in a memory-bound pass beats recomputing them in backward; :func:`triton_grad`
+recomputes them in one pass where forward's gradient is gone (a second backward over a
+retained graph). ``avg_factor`` and the incoming gradient are read from device memory, never
+copied to the host.
 
 Imported lazily by ``focal_backends`` (importing it imports ``triton``). The math mirrors
 ``focal_reference.focal_terms`` term by term, in fp32; the tests compare the two.
@@ -225,12 +226,9 @@ def _scale_kernel(grad_ptr, gout_ptr, gout_stride, bounds_ptr, numel, num_classe
                   NUM_SEG: tl.constexpr, WIDE_PERIOD: tl.constexpr, BLOCK: tl.constexpr):
     start, offs, mask, row0, drow, _ = _block_rows(numel, num_classes, BLOCK)
     grad = tl.load(grad_ptr + start + offs, mask=mask, other=0.0).to(tl.float32)
-    if NUM_SEG > 1:
-        block_seg = _block_segment(numel, num_classes, period, bounds_ptr, NUM_SEG, BLOCK)
-        grad = grad * _segment_grad_out(gout_ptr, gout_stride, block_seg, row0, drow, mask,
-                                        period, bounds_ptr, NUM_SEG, WIDE_PERIOD)
-    else:
-        grad = grad * tl.load(gout_ptr).to(tl.float32)
+    block_seg = _block_segment(numel, num_classes, period, bounds_ptr, NUM_SEG, BLOCK)
+    grad = grad * _segment_grad_out(gout_ptr, gout_stride, block_seg, row0, drow, mask,
+                                    period, bounds_ptr, NUM_SEG, WIDE_PERIOD)
     tl.store(grad_ptr + start + offs, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
@@ -372,7 +370,9 @@ def triton_grad(grad_out: Tensor, *loss_args: Any) -> Tensor:
 
 def scale_grad(grad: Tensor, grad_out: Tensor, segments: Optional[Sequence[int]]) -> Tensor:
     """``grad`` times the incoming gradient, in place, in one launch (read on the device in
-    its own dtype: no host sync, no cast of it first).
+    its own dtype: no host sync, no cast of it first): :func:`_scale_kernel` for a loss per
+    segment, else ATen's ``mul_``, whose launch costs the host less than Triton's Python
+    launcher (a call's wall time back to back is the host's).
 
     Args:
         grad (Tensor): ``(n, K)`` derivative of the sum of the loss's entries.
@@ -383,10 +383,10 @@ def scale_grad(grad: Tensor, grad_out: Tensor, segments: Optional[Sequence[int]]
     Returns:
         Tensor: ``grad``.
     """
-    if grad_out.dim() == 2:
-        return grad.mul_(grad_out)
     bounds, period, num_seg, wide = _segment_args(segments, grad)
+    if grad_out.dim() == 2 or num_seg == 1:  # elementwise, or one value (0-d / (1,))
+        return grad.mul_(grad_out)
     _scale_kernel[(triton.cdiv(grad.numel(), _BLOCK),)](
-        grad, grad_out, grad_out.stride(0) if num_seg > 1 else 0, bounds, grad.numel(),
+        grad, grad_out, grad_out.stride(0), bounds, grad.numel(),
         grad.shape[1], period, NUM_SEG=num_seg, WIDE_PERIOD=wide, BLOCK=_BLOCK)
     return grad

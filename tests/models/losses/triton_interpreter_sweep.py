@@ -20,7 +20,8 @@ it when imported; a subprocess keeps it out of every other test). Checks
   and the host-synchronising ops among them.
 
 Prints one JSON line: ``{"kernel_cases", "grad_cases", "column_cases", "wide_cases",
-"block_segment_cases", "loss_cases", "triton_calls", "launches", "syncs", "failures"}``, or
+"block_segment_cases", "loss_cases", "triton_calls", "launches", "triton_launches", "syncs",
+"failures"}``, or
 ``{"skip": reason}`` where Triton does not import. Exits 1 if anything differs.
 """
 import itertools
@@ -352,8 +353,11 @@ def count_launches(fn: Callable[[], None]) -> Tuple[int, List[str]]:
     return launches, syncs
 
 
-def launch_cases(retina_loss: Callable) -> Dict[str, Tuple[int, List[str]]]:
-    """Forward + backward of the head's call shapes: per-anchor weights, device avg_factor."""
+def launch_cases(retina_loss: Callable, log: List[str]
+                 ) -> Dict[str, Tuple[int, List[str], int]]:
+    """Forward + backward of the head's call shapes: per-anchor weights, device avg_factor.
+    Per case: launches, sync ops, and how many of the launches were Triton's (``log``:
+    :func:`tag_launches`')."""
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(N, K, generator=g)
     labels = torch.randint(0, K + 1, (N,), generator=g)
@@ -375,7 +379,8 @@ def launch_cases(retina_loss: Callable) -> Dict[str, Tuple[int, List[str]]]:
         seed = {name: torch.ones(len(segments)) if segments else torch.tensor(1.0)}
         step()  # compile the kernels first
         x.grad = None
-        counts[name] = count_launches(step)
+        before = len(log)
+        counts[name] = count_launches(step) + (len(log) - before,)
     return counts
 
 
@@ -408,7 +413,7 @@ def main() -> int:
         warnings.filterwarnings('error', message='RetinaFocalLoss')  # no silent fallback
         n_loss, loss_failures = loss_cases(RetinaFocalLoss, FocalLoss)
         triton_calls = len(log)
-        counts = launch_cases(RetinaFocalLoss)
+        counts = launch_cases(RetinaFocalLoss, log)
     failures += loss_failures + segment_grad_cases(RetinaFocalLoss) + \
         retained_graph_cases(RetinaFocalLoss)
     print(json.dumps({'kernel_cases': n_kernel, 'grad_cases': n_grad,
@@ -416,6 +421,7 @@ def main() -> int:
                       'block_segment_cases': n_blocks, 'loss_cases': n_loss,
                       'triton_calls': triton_calls,
                       'launches': {k: v[0] for k, v in counts.items()},
+                      'triton_launches': {k: v[2] for k, v in counts.items()},
                       'syncs': {k: v[1] for k, v in counts.items()}, 'failures': failures}))
     return 1 if failures else 0
 
