@@ -24,11 +24,9 @@ def pyramid(hw, strides=(8, 16, 32, 64, 128)):
     return tuple((math.ceil(hw[0] / s), math.ceil(hw[1] / s)) for s in strides)
 
 
-@pytest.mark.parametrize('sizes', [P3_P7, pyramid((512, 768)), pyramid((1333, 800)),
-                                   pyramid((301, 203)), pyramid((640, 640), (8, 16, 32))])
-def test_layout_separates_levels_by_a_zero_cell(sizes):
+def _check_layout(sizes):
     layout = canvas_layout(sizes)
-    assert layout is not None and layout.sizes == sizes
+    assert layout.sizes == sizes
     owner = torch.full((layout.height + 2, layout.width + 2), -1)  # a border of padding
     for i in range(len(sizes)):
         rows, cols = layout.slices(i)
@@ -39,6 +37,22 @@ def test_layout_separates_levels_by_a_zero_cell(sizes):
         owner[rows.start + 1:rows.stop + 1, cols.start + 1:cols.stop + 1] = i
     area = sum(h * w for h, w in sizes)
     assert layout.height * layout.width <= packing.MAX_AREA_RATIO * area
+
+
+@pytest.mark.parametrize('sizes', [P3_P7, pyramid((512, 768)), pyramid((1333, 800)),
+                                   pyramid((301, 203)), pyramid((640, 640), (8, 16, 32))])
+def test_layout_separates_levels_by_a_zero_cell(sizes):
+    _check_layout(sizes)
+
+
+def test_layouts_of_many_image_sizes():
+    packed = 0
+    for hw in itertools.product(range(64, 1400, 37), range(64, 1400, 53)):
+        for strides in ((8, 16, 32, 64, 128), (8, 16, 32), (4, 8, 16, 32, 64)):
+            if canvas_layout(pyramid(hw, strides)) is not None:
+                _check_layout(pyramid(hw, strides))
+                packed += 1
+    assert packed >= 2800  # of 2886: all but some of the smallest images
 
 
 def test_layout_of_retinanet_pyramid():
@@ -75,7 +89,8 @@ def _feats(sizes, batch=2, channels_last=False, seed=0):
 
 
 @pytest.mark.parametrize('channels_last', [False, True])
-@pytest.mark.parametrize('sizes', [pyramid((256, 320)), pyramid((301, 203))])
+@pytest.mark.parametrize('sizes', [pyramid((256, 320)), pyramid((301, 203)),
+                                   pyramid((64, 1000))])  # P6, P7: one row
 def test_canvas_gives_the_levels_maps_and_gradients(channels_last, sizes):
     stock, ours = _heads()
     if channels_last:
