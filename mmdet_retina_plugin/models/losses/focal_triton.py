@@ -232,6 +232,12 @@ def _scale_kernel(grad_ptr, gout_ptr, gout_stride, bounds_ptr, numel, num_classe
     tl.store(grad_ptr + start + offs, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
+def _programs(numel: int) -> int:
+    # ceil(numel / _BLOCK) in plain ints: ``triton.cdiv`` is a constexpr function whose host
+    # call costs microseconds, and a call's wall time back to back is the host's
+    return -(-numel // _BLOCK)
+
+
 def _bounds(segments: Sequence[int], device: torch.device) -> Tensor:
     key = (tuple(segments), device)
     if key in _BOUNDS:
@@ -269,7 +275,7 @@ def _launch(pred: Tensor, target: Tensor, weight: Optional[Tensor], avg_factor: 
         raise ValueError(f'the Triton focal loss takes fewer than {_SMALL_DIV_LIMIT - _BLOCK} '
                          f'classes, got {k}')
     numel = pred.numel()
-    programs = triton.cdiv(numel, _BLOCK)
+    programs = _programs(numel)
     bounds, period, num_seg, wide = _segment_args(segments, pred)
     if grad_mode == _GRAD_TIMES_SEGMENTS and num_seg == 1:
         grad_mode = _GRAD_TIMES_SCALAR  # the one segment's gradient, grad_out[0]
@@ -386,7 +392,7 @@ def scale_grad(grad: Tensor, grad_out: Tensor, segments: Optional[Sequence[int]]
     bounds, period, num_seg, wide = _segment_args(segments, grad)
     if grad_out.dim() == 2 or num_seg == 1:  # elementwise, or one value (0-d / (1,))
         return grad.mul_(grad_out)
-    _scale_kernel[(triton.cdiv(grad.numel(), _BLOCK),)](
+    _scale_kernel[(_programs(grad.numel()),)](
         grad, grad_out, grad_out.stride(0), bounds, grad.numel(),
         grad.shape[1], period, NUM_SEG=num_seg, WIDE_PERIOD=wide, BLOCK=_BLOCK)
     return grad
