@@ -106,7 +106,7 @@ class RetinaNetHead(RetinaHeadLossMixin, RetinaHeadPredictMixin, BaseDenseHead):
             size compiles once.
         pack_levels (bool | str): run the subnets on all levels at once, laid out in one
             canvas (:mod:`.retina_level_packing`): 10 convolutions per batch instead of 50,
-            for ~13 % more convolution work; the outputs are the same maps. ``'auto'``
+            for ~13 % more convolution work; the same maps, to float rounding. ``'auto'``
             (default) packs small CUDA batches (about three 800x1216 images or fewer), where
             kernel launches outweigh the work; True packs everywhere, False never. Heads with
             a norm (e.g. GN) or other than plain 3x3 convs + ReLU always run level by level.
