@@ -179,3 +179,29 @@ def relu_inside(x: Tensor, layout: CanvasLayout) -> Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         return torch.clamp(x, lower, upper)
     return x.clamp_(lower, upper)
+
+
+def canvas_forward(stacks: Sequence[Sequence[ConvModule]], predictors: Sequence[nn.Module],
+                   feats: Sequence[Tensor], layout: CanvasLayout
+                   ) -> Tuple[List[Tensor], ...]:
+    """Each subnet (its ``stacks`` of conv + ReLU layers, then its ``predictors`` conv) run
+    once on the canvas of ``feats``; the same maps as running it on each level.
+
+    Args:
+        stacks (Sequence[Sequence[ConvModule]]): each subnet's stacked layers
+            (:func:`packable`).
+        predictors (Sequence[nn.Module]): each subnet's last conv.
+        feats (Sequence[Tensor]): pyramid maps ``(B, C, Hi, Wi)``, finest first.
+        layout (CanvasLayout): their layout.
+
+    Returns:
+        tuple[list[Tensor], ...]: per subnet, its ``(B, C', Hi, Wi)`` output on every level.
+    """
+    canvas = pack(feats, layout)
+    outs = []
+    for stack, predictor in zip(stacks, predictors):
+        feat = canvas
+        for layer in stack:
+            feat = relu_inside(layer.conv(feat), layout)
+        outs.append(unpack(predictor(feat), layout))
+    return tuple(outs)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Iterable, List, Optional, Tuple
+import warnings
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -34,11 +35,9 @@ from .retina_head_predict import RetinaHeadPredictMixin
 from .retina_level_losses import BATCHED_LOSSES
 from .retina_level_packing import (
     PackLevels,
+    canvas_forward,
     check_pack_levels,
-    pack,
     packable,
-    relu_inside,
-    unpack,
     use_canvas,
 )
 from .retina_post_settings import PostProcessSettings
@@ -260,16 +259,22 @@ class RetinaNetHead(RetinaHeadLossMixin, RetinaHeadPredictMixin, BaseDenseHead):
         """
         x = tuple(x)  # any iterable of maps, as mmdet's multi_apply takes
         layout = use_canvas(self.pack_levels, x)
-        if layout is None or not packable((self.cls_convs, self.reg_convs),
-                                          (self.retina_cls, self.retina_reg)):
-            outs = [self.forward_single(feat) for feat in x]
-            return [o[0] for o in outs], [o[1] for o in outs]
-        cls_feat = reg_feat = pack(x, layout)
-        for cls_conv, reg_conv in zip(self.cls_convs, self.reg_convs):
-            cls_feat = relu_inside(cls_conv.conv(cls_feat), layout)
-            reg_feat = relu_inside(reg_conv.conv(reg_feat), layout)
-        return (unpack(self.retina_cls(cls_feat), layout),
-                unpack(self.retina_reg(reg_feat), layout))
+        if layout is not None and packable((self.cls_convs, self.reg_convs),
+                                           (self.retina_cls, self.retina_reg)):
+            try:
+                return canvas_forward((self.cls_convs, self.reg_convs),
+                                      (self.retina_cls, self.retina_reg), x, layout)
+            except Exception as err:  # noqa: BLE001  (a fast path must never break a run)
+                outs = self._levels(x)  # an error of the inputs is raised here, unblamed
+                self.pack_levels = False
+                warnings.warn(f'RetinaNetHead: the levels\' canvas failed ({type(err).__name__}: '
+                              f'{err}); running level by level from now on.')
+                return outs
+        return self._levels(x)
+
+    def _levels(self, x: Sequence[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+        outs = [self.forward_single(feat) for feat in x]
+        return [o[0] for o in outs], [o[1] for o in outs]
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
         # Checkpoints of mmdet's RetinaHead (or of this head without the option) have no

@@ -153,6 +153,30 @@ def test_heads_other_than_plain_convs_run_level_by_level(head, change):
         torch.testing.assert_close(o, e, rtol=0, atol=0)
 
 
+def test_a_failing_canvas_falls_back_to_levels_once(monkeypatch):
+    stock, ours = _heads()
+    feats = _feats(P3_P7[:3], batch=1)
+
+    def broken(x, layout):
+        raise RuntimeError('no clamp here')
+
+    monkeypatch.setattr(packing, 'relu_inside', broken)
+    with pytest.warns(UserWarning, match='canvas failed .*no clamp here'):
+        got = ours(feats)
+    for e, o in zip(sum(stock(feats), []), sum(got, [])):
+        torch.testing.assert_close(o, e, rtol=0, atol=0)
+    assert ours.pack_levels is False
+    assert _convs(ours, feats) == 6 * 3
+
+
+def test_bad_maps_raise_their_own_error():
+    _, ours = _heads()
+    feats = _feats(P3_P7[:3], batch=1)
+    feats[1] = feats[1][:, :C - 1]  # a channel short
+    with pytest.raises(RuntimeError, match='channels'):
+        ours(feats)
+
+
 def _like(sizes, batch, cuda):
     """Stand-ins for pyramid maps: what the rule reads of them."""
     return [SimpleNamespace(shape=(batch, C, h, w), is_cuda=cuda) for h, w in sizes]
