@@ -108,7 +108,8 @@ class RetinaNetHead(RetinaHeadLossMixin, RetinaHeadPredictMixin, BaseDenseHead):
             for ~13 % more convolution work; the same maps, to float rounding. ``'auto'``
             (default) packs small CUDA batches (about three 800x1216 images or fewer), where
             kernel launches outweigh the work; True packs everywhere, False never. Heads with
-            a norm (e.g. GN) or other than plain 3x3 convs + ReLU always run level by level.
+            a norm (e.g. GN) or other than plain 3x3 convs + ReLU always run level by level,
+            and a canvas that fails warns once and runs level by level from then on.
         train_cfg (dict, optional): ``assigner`` (any; batched through ``assign_batch`` when it
             has it), ``allowed_border`` (-1: keep anchors crossing the image border),
             ``pos_weight`` (<= 0: 1), ``sampler`` (None or ``PseudoSampler``, any spelling the
