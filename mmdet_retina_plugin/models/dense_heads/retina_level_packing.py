@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ...utils.compiling import is_compiling
 from ...utils.errors import RetinaConfigError
+from .retina_pair_selection import is_pixel_major
 
 #: ``pack_levels='auto'`` packs CUDA batches of at most this many pyramid cells (B * sum(Hi*Wi)):
 #: about three 800x1216 images, where launches outweigh the work (8 images are GPU-bound)
@@ -133,10 +134,8 @@ def use_canvas(pack_levels: PackLevels, feats: Sequence[Tensor]) -> Optional[Can
 
 
 def memory_format(x: Tensor) -> torch.memory_format:
-    """Channels-last where ``x`` is laid out so (and not also plainly contiguous)."""
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
+    """Channels-last where ``x`` is laid out so (:func:`is_pixel_major`)."""
+    return torch.channels_last if is_pixel_major([x]) else torch.contiguous_format
 
 
 def pack(feats: Sequence[Tensor], layout: CanvasLayout) -> Tensor:
