@@ -112,37 +112,54 @@ class RetinaFrozenBN(nn.Module):
         if x.dim() < 2 or x.shape[1] != self.num_features:
             raise RetinaConfigError(f'expected input (N, {self.num_features}, ...), got '
                                     f'{tuple(x.shape)}')
-        scale, shift = self._affine_in(x.dtype)
-        view = (1, -1) + (1,) * (x.dim() - 2)
-        return torch.addcmul(shift.view(view), x, scale.view(view))
+        scale, shift = self._affine_in(x.dtype, x.dim())
+        return torch.addcmul(shift, x, scale)
 
-    def _affine_in(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """``scale`` and ``shift`` ``(C,)`` cast to ``dtype``, so that the element-wise pass stays
-        in the input's dtype (bf16 under autocast) instead of promoting it to fp32.
+    def _affine_in(self, dtype: torch.dtype, dim: int) -> tuple[Tensor, Tensor]:
+        """``scale`` and ``shift`` viewed as ``(1, C, 1, ...)`` for a ``dim``-d input and cast to
+        ``dtype``, so that the element-wise pass stays in the input's dtype (bf16 under
+        autocast) instead of promoting it to fp32.
 
         Frozen (nothing needs their gradient), they are computed once and reused while the
         state's tensors are the same and unmodified (storage, device and version counter):
-        on a GPU the per-call recomputation would cost several tiny kernel launches per layer.
+        on a GPU the per-call recomputation would cost several tiny kernel launches per layer,
+        and the check itself runs once per layer and call, so it is kept to a few attribute
+        reads.
         """
-        state = [t for t in (self.weight, self.bias, self.running_mean, self.running_var)
-                 if t is not None]
-        uncached = (torch.jit.is_tracing() or is_compiling()
-                    or any(t.is_inference() for t in state)  # no version counter to watch
-                    or (torch.is_grad_enabled() and any(t.requires_grad for t in state)))
-        if uncached:
-            scale, shift = self.scale_and_shift()
-            return scale.to(dtype), shift.to(dtype)
+        state = self._state()
+        if torch.is_grad_enabled() and any(t.requires_grad for t in state) \
+                or any(t.is_inference() for t in state) \
+                or torch.jit.is_tracing() or is_compiling():
+            # traced or trained: in the graph; inference-mode state has no version counter
+            return self._viewed(self.scale_and_shift(), dtype, dim)
         # inference-mode tensors may not be saved for a later backward: cached apart
-        key = (dtype, torch.is_inference_mode_enabled(),
-               *((t.device, t.data_ptr(), t._version) for t in state))
+        key = (dtype, dim, torch.is_inference_mode_enabled(), state[0].device,
+               *(t.data_ptr() for t in state), *(t._version for t in state))
         if self._cache_key != key:
             with torch.no_grad():
-                scale, shift = self.scale_and_shift()
-            self._cache, self._cache_key = (scale.to(dtype), shift.to(dtype)), key
+                self._cache = self._viewed(self.scale_and_shift(), dtype, dim)
+            self._cache_key = key
             # the storages stay alive while the key names their addresses: a tensor assigned
             # later cannot reuse one of them and pass for the cached state
             self._cache_state = [t.detach() for t in state]
         return self._cache
+
+    def _state(self) -> list[Tensor]:
+        """The tensors the affine is computed from (the parameters when ``affine``)."""
+        params = self._parameters
+        buffers = self._buffers
+        state = [buffers['running_mean'], buffers['running_var']]
+        if params['weight'] is not None:
+            state.append(params['weight'])
+        if params['bias'] is not None:
+            state.append(params['bias'])
+        return state
+
+    @staticmethod
+    def _viewed(affine: tuple[Tensor, Tensor], dtype: torch.dtype, dim: int
+                ) -> tuple[Tensor, Tensor]:
+        view = (1, -1) + (1,) * (dim - 2)
+        return tuple(t.to(dtype).view(view) for t in affine)  # type: ignore[return-value]
 
     def extra_repr(self) -> str:
         return (f'{self.num_features}, eps={self.eps}, affine={self.affine}, '

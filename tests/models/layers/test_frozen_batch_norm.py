@@ -134,6 +134,20 @@ def test_reused_affine_follows_replaced_tensors():
         torch.testing.assert_close(made_there(x), random_bn()(x), rtol=1e-5, atol=1e-5)
 
 
+def test_reused_affine_follows_the_input_rank():
+    """The cached affine is shaped for the input's rank: (N, C), (N, C, L) and (N, C, H, W) in
+    turn, as BN's 1-d and 2-d forms compute them."""
+    bn = random_bn()
+    frozen = frozen_like(bn).requires_grad_(False)
+    gen = torch.Generator().manual_seed(2)
+    expected_1d = nn.BatchNorm1d(8).eval()
+    expected_1d.load_state_dict(bn.state_dict())
+    for shape in ((4, 8, 5, 3), (4, 8), (4, 8, 5), (4, 8, 5, 3)):
+        x = torch.randn(*shape, generator=gen)
+        reference = bn(x) if x.dim() == 4 else expected_1d(x)
+        torch.testing.assert_close(frozen(x), reference, rtol=1e-5, atol=1e-5)
+
+
 def test_build_norm_layer_names_it_like_bn():
     name, layer = build_norm_layer(dict(type='RetinaFrozenBN', requires_grad=False), 16,
                                    postfix=1)
