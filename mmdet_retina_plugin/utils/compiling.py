@@ -4,18 +4,19 @@
   its own then runs its plain torch form, traced into the graph;
 * :func:`check_compile_cfg`: a ``compile_cfg`` of ``torch.compile`` keywords, checked at build
   time;
-* :class:`Compiler`: runs functions compiled, eager where compiling fails (warned once);
+* :class:`Compiler`: runs functions compiled, eager where compiling fails (warned once,
+  :func:`~.fallback.fast_or_plain`);
 * :func:`compile_forward`: a module's forward through a :class:`Compiler`.
 """
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, TypeVar
 
 import torch
 
 from .errors import RetinaConfigError
+from .fallback import fast_or_plain
 
 
 def is_compiling() -> bool:
@@ -88,15 +89,12 @@ class Compiler:
         and after a failure)."""
         if self.failed or is_compiling() or torch.jit.is_tracing():
             return fn(*args, **kwargs)
-        try:
-            return _compiled(fn, self.cfg)(*args, **kwargs)
-        except Exception as err:  # noqa: BLE001  (compiling must never break a run)
-            out = fn(*args, **kwargs)  # an error of the code itself is raised here, unblamed
-            self.failed = True
-            reason = (str(err).strip().splitlines() or [''])[0]
-            warnings.warn(f'{self.owner}: compiling {fn.__name__} failed ({type(err).__name__}: '
-                          f'{reason}); running it eager from now on.')
-            return out
+        return fast_or_plain(lambda: _compiled(fn, self.cfg)(*args, **kwargs),
+                             lambda: fn(*args, **kwargs), self._disable,
+                             f'{self.owner}: compiling {fn.__name__}', 'running it eager')
+
+    def _disable(self) -> None:
+        self.failed = True
 
 
 def _hashable(value: Any) -> Any:

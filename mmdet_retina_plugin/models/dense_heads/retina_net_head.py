@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import warnings
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -21,6 +20,7 @@ from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 from torch import Tensor
 
 from ...utils.compiling import Compiler, check_compile_cfg
+from ...utils.fallback import fast_or_plain
 from ..task_modules.prior_generators import AnchorCache
 from .retina_gt_reporter import GtReporter
 from .retina_head_checks import (
@@ -262,16 +262,15 @@ class RetinaNetHead(RetinaHeadLossMixin, RetinaHeadPredictMixin, BaseDenseHead):
         layout = use_canvas(self.pack_levels, x)
         if layout is not None and packable((self.cls_convs, self.reg_convs),
                                            (self.retina_cls, self.retina_reg)):
-            try:
-                return canvas_forward((self.cls_convs, self.reg_convs),
-                                      (self.retina_cls, self.retina_reg), x, layout)
-            except Exception as err:  # noqa: BLE001  (a fast path must never break a run)
-                outs = self._levels(x)  # an error of the inputs is raised here, unblamed
-                self.pack_levels = False
-                warnings.warn(f'RetinaNetHead: the levels\' canvas failed ({type(err).__name__}: '
-                              f'{err}); running level by level from now on.')
-                return outs
+            return fast_or_plain(
+                lambda: canvas_forward((self.cls_convs, self.reg_convs),
+                                       (self.retina_cls, self.retina_reg), x, layout),
+                lambda: self._levels(x), self._unpack,
+                "RetinaNetHead: the levels' canvas", 'running level by level')
         return self._levels(x)
+
+    def _unpack(self) -> None:
+        self.pack_levels = False
 
     def _levels(self, x: Sequence[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
         outs = [self.forward_single(feat) for feat in x]

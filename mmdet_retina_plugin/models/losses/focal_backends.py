@@ -5,7 +5,9 @@
   the CPU) CPU tensors take this path too, which is how the kernel is tested without a GPU.
 * ``torch.compile``: other inputs with at least ``compile_min_numel`` elements run the eager
   code of ``focal_eager`` as one inductor kernel, compiled once for all batch sizes.
-* ``eager``: everything else, and every call after a backend failed once (warned once).
+* ``eager``: everything else, and every call after a backend failed once (warned once,
+  ``utils/fallback.py``: a failure the eager code shares, an error of the inputs, is raised
+  and blames no backend).
 
 Every backend takes the same arguments and returns the same scaled loss and gradient (see
 ``focal_triton.triton_loss``).
@@ -13,13 +15,13 @@ Every backend takes the same arguments and returns the same scaled loss and grad
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from ...utils.compiling import is_compiling
+from ...utils.fallback import fast_or_plain
 from ...utils.triton_device import on_triton_device
 from .focal_eager import Pair, dense_chunked, dense_pass, eager_loss
 
@@ -76,12 +78,17 @@ class FocalBackends:
         args = (pred, target, weight, avg_factor, factor, gamma, alpha, segments, reduce_sum,
                 need_grad)
         name = self.choose(pred, compile_min_numel)
-        out = None
-        if name == 'triton' and not self.failed.get(name):
-            out = self._try(name, lambda: self._triton().triton_loss(*args))
-        elif name == 'torch.compile' and not self.failed.get(name):
-            out = self._try(name, lambda: self._run_compiled(*args))
-        return out if out is not None else eager_loss(dense_chunked, *args)
+        if name == 'eager' or self.failed.get(name):
+            return eager_loss(dense_chunked, *args)
+        if name == 'triton':  # imported inside the fast path: a host may lack Triton
+            def fast() -> Pair:
+                return self._triton().triton_loss(*args)
+        else:
+            def fast() -> Pair:
+                return self._run_compiled(*args)
+        return fast_or_plain(fast, lambda: eager_loss(dense_chunked, *args),
+                             lambda: self._disable(name), f'RetinaFocalLoss: the {name} backend',
+                             'using the eager implementation')
 
     def grad(self, grad_out: Tensor, *loss_args: Any,
              compile_min_numel: Optional[int]) -> Tensor:
@@ -98,13 +105,17 @@ class FocalBackends:
         Returns:
             Tensor: ``(N, K)`` gradient (in the compute dtype; the caller casts).
         """
-        pred = loss_args[0]
-        if self.choose(pred, compile_min_numel) == 'triton' and not self.failed.get('triton'):
-            out = self._try('triton', lambda: self._triton().triton_grad(grad_out, *loss_args))
-            if out is not None:
-                return out
+        segments = loss_args[7]
+        if self.choose(loss_args[0], compile_min_numel) == 'triton' \
+                and not self.failed.get('triton'):
+            return fast_or_plain(
+                lambda: self._triton().triton_grad(grad_out, *loss_args),
+                lambda: _scale_eager(eager_loss(dense_chunked, *loss_args, True)[1], grad_out,
+                                     segments),
+                lambda: self._disable('triton'), 'RetinaFocalLoss: the triton backend',
+                'using the eager implementation')
         derivative = self.run(*loss_args, True, compile_min_numel)[1]
-        return self.scale_grad(derivative, grad_out, loss_args[7])
+        return self.scale_grad(derivative, grad_out, segments)
 
     def scale_grad(self, grad: Tensor, grad_out: Tensor,
                    segments: Optional[Sequence[int]]) -> Tensor:
@@ -120,24 +131,10 @@ class FocalBackends:
         """
         if on_triton_device(grad) and not self.failed.get('triton'):
             return self._triton().scale_grad(grad, grad_out, segments)
-        if segments and grad_out.dim() == 1:
-            period = sum(segments)
-            per_row = grad_out.to(grad.dtype).repeat_interleave(
-                torch.tensor(list(segments), device=grad.device), output_size=period)
-            grad.view(-1, period, grad.size(-1)).mul_(per_row[:, None])
-            return grad
-        return grad.mul_(grad_out)
+        return _scale_eager(grad, grad_out, segments)
 
-    def _try(self, name: str, fn: Callable[[], Pair]) -> Optional[Pair]:
-        # Any exception, including a missing or too old torch / Triton API: a fast path must
-        # never break a user's run.
-        try:
-            return fn()
-        except Exception as err:  # noqa: BLE001
-            self.failed[name] = True
-            warnings.warn(f'RetinaFocalLoss: {name} backend failed ({type(err).__name__}: '
-                          f'{err}); using the eager implementation from now on.')
-            return None
+    def _disable(self, name: str) -> None:
+        self.failed[name] = True
 
     def _triton(self):  # noqa: ANN205  (the module; imports triton, absent on some hosts)
         if self._triton_module is None:
@@ -155,3 +152,14 @@ class FocalBackends:
             self._compiled = torch.compile(functools.partial(eager_loss, dense_pass),
                                            fullgraph=True)
         return self._compiled(pred, target, weight, *rest)
+
+
+def _scale_eager(grad: Tensor, grad_out: Tensor, segments: Optional[Sequence[int]]) -> Tensor:
+    """:meth:`FocalBackends.scale_grad` in ATen ops (arguments as there)."""
+    if segments and grad_out.dim() == 1:
+        period = sum(segments)
+        per_row = grad_out.to(grad.dtype).repeat_interleave(
+            torch.tensor(list(segments), device=grad.device), output_size=period)
+        grad.view(-1, period, grad.size(-1)).mul_(per_row[:, None])
+        return grad
+    return grad.mul_(grad_out)
