@@ -27,6 +27,13 @@ def _greedy_group_kernel(boxes_ptr, bounds_ptr, alive_ptr, kept_ptr, max_kept, i
     group = tl.program_id(0)
     start = tl.load(bounds_ptr + group)
     end = tl.load(bounds_ptr + group + 1)
+    # the group's flags set here, not by separate fill kernels: every box is in one group
+    for j0 in range(start, end, BLOCK):
+        offs = j0 + tl.arange(0, BLOCK)
+        inside = offs < end
+        tl.store(alive_ptr + offs, tl.full((BLOCK,), 1, tl.int8), mask=inside)
+        tl.store(kept_ptr + offs, tl.zeros((BLOCK,), tl.int8), mask=inside)
+    tl.debug_barrier()  # the flags are read below by other threads of this program
     num_kept = 0
     for i in range(start, end):
         if num_kept < max_kept:
@@ -79,15 +86,14 @@ def greedy_triton(boxes: Tensor, segment: Tensor, max_kept: int, iou_threshold: 
         Tensor: ``(D,)`` bool, True for kept boxes.
     """
     num = boxes.size(0)
-    kept = torch.zeros(num, dtype=torch.int8, device=boxes.device)
     if num == 0 or max_kept <= 0:
-        return kept.bool()
-    # group g holds boxes bounds[g]:bounds[g + 1]; groups past the last one are empty
-    bounds = torch.zeros(num + 1, dtype=torch.long, device=boxes.device)
-    bounds[1:] = torch.zeros_like(segment).index_add_(0, segment,
-                                                      torch.ones_like(segment)).cumsum(0)
-    alive = torch.ones(num, dtype=torch.int8, device=boxes.device)
+        return torch.zeros(num, dtype=torch.bool, device=boxes.device)
+    # group g holds boxes bounds[g]:bounds[g + 1] (segment is sorted); groups past the last one
+    # are empty
+    bounds = torch.searchsorted(segment, torch.arange(num + 1, device=boxes.device))
+    alive = torch.empty(num, dtype=torch.int8, device=boxes.device)
+    kept = torch.empty(num, dtype=torch.int8, device=boxes.device)
     _greedy_group_kernel[(num,)](boxes.contiguous(), bounds, alive, kept, max_kept,
                                  iou_threshold, offset, CUDA_RULE=cuda_rule, BLOCK=_BLOCK,
                                  enable_fp_fusion=False)
-    return kept.bool()
+    return kept.view(torch.bool)  # 0 / 1 bytes: a bool view, no cast

@@ -22,3 +22,25 @@ def test_triton_kernel_under_interpreter_matches_rounds_and_mmcv():
     # 3 NMS configs, each one batched call through the kernel
     assert report['end_to_end_cases'] == 3
     assert report['triton_calls'] == 3
+
+
+def test_the_kernel_is_the_only_launch_besides_its_group_bounds(monkeypatch):
+    """On a GPU every op is a launch the host pays for: around the kernel, greedy_triton issues
+    the group bounds' two ops and allocations only (the kernel sets its own flags)."""
+    triton_nms = pytest.importorskip('mmdet_retina_plugin.models.layers._triton_nms')
+    launches = []
+
+    class Recorded:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(grid)
+
+    monkeypatch.setattr(triton_nms, '_greedy_group_kernel', Recorded())
+    boxes = torch.rand(6, 4)
+    segment = torch.tensor([0, 0, 0, 1, 2, 2])
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        kept = triton_nms.greedy_triton(boxes, segment, 5, 0.5, 0, True)
+    top = [e.name for e in prof.events() if e.name.startswith('aten::')
+           and (e.cpu_parent is None or not e.cpu_parent.name.startswith('aten::'))]
+    allocations = {'aten::empty', 'aten::view', 'aten::contiguous'}
+    assert [n for n in top if n not in allocations] == ['aten::arange', 'aten::searchsorted']
+    assert launches == [(6,)] and kept.dtype == torch.bool and kept.shape == (6,)
