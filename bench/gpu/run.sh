@@ -8,7 +8,8 @@
 # already imports. Then, from the repository root:
 #   1. host syncs of loss_by_feat / predict_by_feat under CUDA's sync debug mode
 #                                                                      -> OUT_DIR/host_syncs.log
-#   2. every row of the side-by-side table (options after OUT_DIR go to it, e.g. --repeats 5)
+#   2. every row of the side-by-side table (options after OUT_DIR go to it, e.g. --repeats 5),
+#      then each target judged from it: met, not met or not measured
 #                                  -> OUT_DIR/gpu_side_by_side.json, OUT_DIR/side_by_side.log
 #   3. launches, syncs and top kernels of each hot path (RUN_PROFILE=0 skips it)
 #                                                                  -> OUT_DIR/kernel_profile.txt
@@ -19,7 +20,7 @@
 set -uo pipefail
 
 if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     exit $(( $# < 1 ? 2 : 0 ))
 fi
 out=$(realpath -m "$1")

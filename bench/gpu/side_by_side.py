@@ -27,7 +27,9 @@ around each run). Rows:
   (CUDA's sync debug mode, ``bench/gpu/host_syncs.py``), batch of 8.
 
 ``speed-up`` is stock time over ours (> 1: ours faster). A side that raises is reported as
-``fails (<exception type>)``, the other side is still timed.
+``fails (<exception type>)``, the other side is still timed. After the table, each GPU target
+(``bench/gpu/targets.py``: focal loss, training, inference, host syncs) is judged from the rows
+as met, not met or not measured, on the screen and in the JSON file.
 
 Run on a GPU machine: ``python -m bench.gpu.side_by_side OUT_DIR`` (or ``bench/gpu/run.sh
 OUT_DIR``, which installs the stack first). ``--device cpu --tiny`` runs the same machinery on
@@ -52,6 +54,7 @@ import mmdet_retina_plugin  # noqa: F401  (registers our modules)
 from bench.bench_focal_loss import fwd_bwd, make_inputs
 from bench.bench_train_step import build_pair, make_batch, train_step
 from bench.gpu.host_syncs import head_sync_counts
+from bench.gpu.targets import verdicts
 from bench.harness import machine, measure, measure_pair
 from bench.retinanet_r50 import spread_scores
 
@@ -91,7 +94,8 @@ class Row:
 
     ``stock`` and ``ours`` are numbers in ``unit``, or why there is none (``fails (...)``,
     ``skipped: ...``, ``n/a ...``); ``speedup`` is stock's time over ours' (None where either
-    has no number or the unit is a count).
+    has no number or the unit is a count); ``reference`` a floor in ``unit`` that ours is
+    held to (the focal-loss rows: a clone of the logits), or None.
     """
 
     group: str
@@ -101,6 +105,7 @@ class Row:
     ours: Value
     speedup: Optional[float] = None
     note: str = ''
+    reference: Optional[float] = None
 
 
 @dataclass
@@ -271,13 +276,15 @@ def focal_rows(bench: Bench) -> List[Row]:
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         typed = dict(inp, pred=inp['pred'].to(dtype))
         clone = measure(back_to_back(lambda p=typed['pred']: p.clone()), bench.repeats,
-                        bench.warmup, bench.device)
-        rows.append(timed_row(
+                        bench.warmup, bench.device)['median_s'] * 1e3 / FOCAL_CALLS
+        row = timed_row(
             bench, 'focal', f'focal loss fwd+bwd {n:,}x80 {SHORT[str(dtype)[6:]]}',
             back_to_back(fwd_bwd(stock, typed, False)), back_to_back(fwd_bwd(ours, typed, False)),
-            note=f'clone of the logits {clone["median_s"] * 1e3 / FOCAL_CALLS:.3f} ms; '
+            note=f'clone of the logits {clone:.3f} ms; '
                  f'{FOCAL_CALLS} calls back to back per run, as a training loop issues them',
-            calls=FOCAL_CALLS))
+            calls=FOCAL_CALLS)
+        row.reference = clone
+        rows.append(row)
     return rows
 
 
@@ -397,14 +404,16 @@ def table(rows: Sequence[Row]) -> str:
 
 
 def write(rows: Sequence[Row], bench: Bench, out_dir: Path) -> Path:
-    """Writes ``out_dir/gpu_side_by_side.json`` (rows, sizes, machine); returns its path."""
+    """Writes ``out_dir/gpu_side_by_side.json`` (rows, sizes, machine, the targets'
+    verdicts); returns its path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / 'gpu_side_by_side.json'
     path.write_text(json.dumps({
         'name': 'gpu_side_by_side', 'date': datetime.date.today().isoformat(),
         'device': str(bench.device), 'machine': machine(), 'sizes': asdict(bench.sizes),
         'repeats': bench.repeats, 'warmup': bench.warmup,
-        'rows': [asdict(r) for r in rows]}, indent=2))
+        'rows': [asdict(r) for r in rows], 'targets': verdicts(rows, bench.sizes)},
+        indent=2))
     return path
 
 
@@ -439,6 +448,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
         write(rows, bench, args.out_dir)  # what was measured survives a later crash
         print(f'[gpu bench] {group}: {len(rows)} rows so far', flush=True)
     print(f'\n== stock mmdet vs ours, {bench.device} ({machine()}) ==\n{table(rows)}')
+    print('\n== against the targets ==\n' + '\n'.join(verdicts(rows, bench.sizes)))
     print(f'-> {write(rows, bench, args.out_dir)}')
     return rows
 

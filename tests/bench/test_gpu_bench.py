@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.gpu import host_syncs, side_by_side
+from bench.gpu import host_syncs, side_by_side, targets
 from bench.gpu.side_by_side import Bench, Row, timed_row
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,6 +63,68 @@ def test_every_row_of_the_table_on_cpu(tiny_run, capsys):
     assert isinstance(rows[18].ours, float) and isinstance(rows[19].ours, float)
     assert report['rows'] == [dict(r.__dict__) for r in rows]
     assert report['device'] == 'cpu' and report['sizes']['hw'] == [64, 96]
+
+
+def test_the_targets_are_judged_from_the_rows(tiny_run):
+    rows, report = tiny_run
+    lines = report['targets']
+    assert lines == targets.verdicts(rows, side_by_side.TINY)
+    assert len(lines) == len(targets.gpu_targets(side_by_side.TINY)) == 11
+    verdict = {t.name: line[:12].strip() for t, line in
+               zip(targets.gpu_targets(side_by_side.TINY), lines)
+               if line[13:].startswith(t.name + ': ')}
+    assert len(verdict) == 11
+    # measured on any device: the focal loss, fp32 training and inference
+    for name in ("focal loss fwd+bwd fp32 >= 2x mmcv's op",
+                 'focal loss fwd+bwd fp32 <= 3x a clone of the logits',
+                 'focal loss fwd+bwd in bf16 runs', 'train step fp32, 2 images, 2 gts >= 1.5x',
+                 'inference fp32, batch 1 >= 1.3x', 'inference fp32, batch 2 >= 1.5x'):
+        assert verdict[name] in ('met', 'not met'), lines
+    assert verdict['focal loss fwd+bwd in bf16 runs'] == 'met'
+    # AMP and sync counts need a GPU
+    for name in ("train step bf16 >= 2x stock's AMP fp16, 2 images",
+                 'host syncs of loss_by_feat per batch: 0'):
+        assert verdict[name] == 'not measured', lines
+    assert 'skipped: AmpOptimWrapper needs a GPU' in lines[5]
+
+
+def test_a_target_is_met_by_the_best_of_its_rows():
+    sizes = side_by_side.FULL
+    batch_1 = next(t for t in targets.gpu_targets(sizes) if t.name.startswith(
+        'inference fp32, batch 1'))
+    rows = [Row('inference', 'inference fp32, batch 1', 'img/s', 50.0, 49.0, 0.98),
+            Row('inference', 'inference fp32, batch 1: GPU config', 'img/s', 50.0, 60.0, 1.2),
+            Row('inference', 'inference fp32, batch 8', 'img/s', 90.0, 200.0, 2.2)]
+    assert targets.judge(batch_1, rows) == (
+        'not met', '1.20x, ours 60 img/s (inference fp32, batch 1: GPU config)')
+    rows.append(Row('inference', 'inference fp32, batch 1: static config', 'img/s', 50.0,
+                    80.0, 1.6))
+    assert targets.judge(batch_1, rows)[0] == 'met'
+    assert '1.60x' in targets.judge(batch_1, rows)[1]
+    skipped = [Row('inference', 'inference fp32, batch 1', 'img/s', 'fails (RuntimeError)',
+                   'fails (RuntimeError)')]
+    assert targets.judge(batch_1, skipped) == ('not measured', 'fails (RuntimeError)')
+    assert targets.judge(batch_1, []) == ('not measured', 'no such row in this run')
+
+
+def test_the_focal_floor_and_the_sync_counts():
+    sizes = side_by_side.FULL
+    by_name = {t.name: t for t in targets.gpu_targets(sizes)}
+    floor = by_name['focal loss fwd+bwd fp32 <= 3x a clone of the logits']
+    row = Row('focal', 'focal loss fwd+bwd 403,200x80 fp32', 'ms', 1.0, 0.3, 3.3,
+              reference=0.087)
+    assert targets.judge(floor, [row])[0] == 'not met'  # 3.4x the clone
+    row.reference = 0.1
+    assert targets.judge(floor, [row])[0] == 'met'
+    assert by_name["focal loss fwd+bwd fp32 >= 2x mmcv's op"].check(row) is True
+    row.speedup = 1.67
+    assert by_name["focal loss fwd+bwd fp32 >= 2x mmcv's op"].check(row) is False
+    loss_syncs = by_name['host syncs of loss_by_feat per batch: 0']
+    predict_syncs = by_name['host syncs of predict_by_feat per batch: <= 2']
+    counted = [Row('syncs', 'host syncs per batch of 8, loss_by_feat', 'syncs', 231, 0),
+               Row('syncs', 'host syncs per batch of 8, predict_by_feat', 'syncs', 125, 3)]
+    assert targets.judge(loss_syncs, counted)[0] == 'met'
+    assert targets.judge(predict_syncs, counted)[0] == 'not met'
 
 
 def test_kernel_profile_reports_every_hot_path_on_cpu(tmp_path, one_torch_thread):
