@@ -49,6 +49,7 @@ fi
 # the Triton-interpreter sweep runs on the CPU, as in CI: not here, where it can outlast the time
 CUDA_TESTS="tests/models/layers tests/models/dense_heads/test_gt_reporter.py
     tests/models/dense_heads/test_retina_level_packing.py::test_auto_packs_a_cuda_batch_of_one
+    tests/models/dense_heads/test_retina_candidates_triton.py
     tests/models/data_preprocessors tests/configs/test_gpu_configs.py
     tests/reliability/test_bad_data_and_amp.py
     tests/models/dense_heads/test_retina_head_compile.py::test_on_a_gpu_cuda_graphs_replay_the_compiled_head

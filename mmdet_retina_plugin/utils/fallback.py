@@ -14,6 +14,17 @@ from typing import Callable, TypeVar
 Out = TypeVar('Out')
 
 
+class Switch:
+    """A fast path's state where nothing else holds it: on until :meth:`off` (the ``disable``
+    of :func:`fast_or_plain`)."""
+
+    def __init__(self) -> None:
+        self.on = True
+
+    def off(self) -> None:
+        self.on = False
+
+
 def fast_or_plain(fast: Callable[[], Out], plain: Callable[[], Out],
                   disable: Callable[[], None], what: str, instead: str) -> Out:
     """``fast()``; where it raises, ``plain()``, then ``disable()`` and one warning.

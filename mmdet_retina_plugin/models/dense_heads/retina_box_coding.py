@@ -19,28 +19,35 @@ from torch import Tensor
 from ...utils.compiling import is_compiling
 from .retina_gts import host_tensor
 
-# DeltaXYWHBBoxCoder.decode's default bound on dw, dh: |log(16 / 1000)|
-_WH_RATIO_CLIP = 16 / 1000
+#: DeltaXYWHBBoxCoder.decode's default bound on dw, dh: |log(16 / 1000)|
+MAX_RATIO = abs(math.log(16 / 1000))
 # (means, stds, dtype, device) -> (2, 4) device tensor; a handful of entries per process
 _CONSTANTS: Dict[tuple, Tensor] = {}
 
 
-def _plain_delta_coder(bbox_coder: object) -> bool:
+def plain_delta_coder(bbox_coder: object) -> bool:
     """mmdet's ``DeltaXYWHBBoxCoder`` itself (a subclass may change the math)."""
     return type(bbox_coder) is DeltaXYWHBBoxCoder
 
 
-def _means_stds(bbox_coder: DeltaXYWHBBoxCoder, dtype: torch.dtype,
-                device: torch.device) -> Tuple[Tensor, Tensor]:
-    """The coder's ``(1, 4)`` means and stds on ``device``: copied there once per value, dtype
-    and device, then reused (read only), so a call queues no copy at all."""
+def coder_constants(bbox_coder: DeltaXYWHBBoxCoder, dtype: torch.dtype,
+                    device: torch.device) -> Tensor:
+    """The coder's means and stds as one contiguous ``(2, 4)`` tensor on ``device``: copied
+    there once per value, dtype and device, then reused (read only), so a call queues no copy
+    at all."""
     key = (tuple(bbox_coder.means), tuple(bbox_coder.stds), dtype, torch.device(device))
     if is_compiling():  # traced by dynamo: a constant of the graph, no cache mutation in it
-        pair = host_tensor([key[0], key[1]], dtype, device)
-    else:
-        pair = _CONSTANTS.get(key)
-        if pair is None:
-            pair = _CONSTANTS[key] = host_tensor([key[0], key[1]], dtype, device)
+        return host_tensor([key[0], key[1]], dtype, device)
+    pair = _CONSTANTS.get(key)
+    if pair is None:
+        pair = _CONSTANTS[key] = host_tensor([key[0], key[1]], dtype, device)
+    return pair
+
+
+def _means_stds(bbox_coder: DeltaXYWHBBoxCoder, dtype: torch.dtype,
+                device: torch.device) -> Tuple[Tensor, Tensor]:
+    """The coder's ``(1, 4)`` means and stds (:func:`coder_constants`)."""
+    pair = coder_constants(bbox_coder, dtype, device)
     return pair[0:1], pair[1:2]
 
 
@@ -59,7 +66,7 @@ def encode_boxes(bbox_coder: object, anchors: Tensor, gt_boxes: Tensor) -> Tenso
     Returns:
         Tensor: ``(N, encode_size)`` regression targets.
     """
-    if not _plain_delta_coder(bbox_coder):
+    if not plain_delta_coder(bbox_coder):
         return bbox_coder.encode(anchors, gt_boxes)
     p, g = anchors.float().unbind(-1), gt_boxes.float().unbind(-1)
     px, py = (p[0] + p[2]) * 0.5, (p[1] + p[3]) * 0.5
@@ -78,7 +85,7 @@ def decode_boxes(bbox_coder: object, anchors: Tensor, deltas: Tensor) -> Tensor:
     ``DeltaXYWHBBoxCoder`` without a host sync (:func:`delta_xywh_decode`)."""
     flat_anchors = anchors.reshape(-1, anchors.size(-1))
     flat_deltas = deltas.reshape(-1, deltas.size(-1))
-    if _plain_delta_coder(bbox_coder) and not torch.onnx.is_in_onnx_export():
+    if plain_delta_coder(bbox_coder) and not torch.onnx.is_in_onnx_export():
         boxes = delta_xywh_decode(bbox_coder, flat_anchors, flat_deltas)
     else:
         boxes = get_box_tensor(bbox_coder.decode(flat_anchors, flat_deltas))
@@ -107,7 +114,7 @@ def delta_xywh_decode(bbox_coder: DeltaXYWHBBoxCoder, anchors: Tensor, deltas: T
     pxy = (anchors[:, :2] + anchors[:, 2:]) * 0.5
     pwh = anchors[:, 2:] - anchors[:, :2]
     dxy_wh = pwh * dxy
-    max_ratio = abs(math.log(_WH_RATIO_CLIP))
+    max_ratio = MAX_RATIO
     if bbox_coder.add_ctr_clamp:
         dxy_wh = torch.clamp(dxy_wh, max=bbox_coder.ctr_clamp, min=-bbox_coder.ctr_clamp)
         dwh = torch.clamp(dwh, max=max_ratio)

@@ -19,13 +19,19 @@ Steps 1 to 4 are :func:`select_candidates`, which the ONNX exporter calls too:
    that module does not implement (e.g. ``soft_nms``) go through mmcv's ``batched_nms`` image
    by image, which reads the host once or more per image.
 
+Steps 2 to 4 are some forty ATen ops per batch, each a launch the host pays for on a GPU.
+Where Triton kernels run (CUDA), in fp32 and for mmdet's ``DeltaXYWHBBoxCoder`` itself, they
+are one launch of ``retina_candidates_triton.py`` (the same operations in the same order) after
+one copy of the levels' deltas; a kernel that fails warns once, and the ATen ops run from then
+on.
+
 With ``nms_pre <= 0`` (every pair above ``score_thr``) the top-k of step 1 is sized by the
 largest per-image candidate count of the levels, one more host read (``topk_size``).
 """
 from __future__ import annotations
 
 from itertools import accumulate
-from typing import Dict, NamedTuple, Optional, Sequence, Union
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from mmcv.ops import batched_nms
@@ -33,21 +39,45 @@ from mmdet.utils import InstanceList
 from mmengine.structures import InstanceData
 from torch import Tensor
 
+from ...utils.compiling import is_compiling
+from ...utils.fallback import Switch, fast_or_plain
+from ...utils.triton_device import on_triton_device
 from ..layers.batched_nms import batched_nms_padded
 from ..layers.batched_nms import supports as batched_nms_supports
-from .retina_box_coding import decode_boxes
+from .retina_box_coding import MAX_RATIO, coder_constants, decode_boxes, plain_delta_coder
 from .retina_gts import clip_boxes, host_tensor
 from .retina_pair_selection import TopK, is_pixel_major, select_pairs
 from .retina_post_settings import PostProcessSettings
 
 
-def gather_deltas(bbox_preds: Sequence[Tensor], anchor_ids: Tensor, num_base: int) -> Tensor:
-    """The deltas of the anchors ``anchor_ids``, with one copy of all levels' deltas (a small
-    tensor: ``4/K`` of the logits) and one gather.
+def concat_deltas(bbox_preds: Sequence[Tensor], num_base: int
+                  ) -> Tuple[Tensor, Tuple[int, int, int, int]]:
+    """Every level's deltas in one tensor, with one copy (a small tensor: ``4/K`` of the
+    logits), read in their memory order.
 
     Args:
         bbox_preds (Sequence[Tensor]): ``[(B, Ab*D, Hi, Wi)]`` deltas (``D`` = the coder's
             ``encode_size``), any memory layout.
+        num_base (int): ``Ab``.
+
+    Returns:
+        Tuple[Tensor, Tuple[int, int, int, int]]: ``(B, sum(Hi*Wi), Ab*D)`` for channels-last
+        maps, else ``(B, Ab*D, sum(Hi*Wi))``; and its element strides along the image, base
+        anchor, delta and pixel axes (the pixel's is 1 for the second form only).
+    """
+    preds = [p.detach() for p in bbox_preds]
+    if is_pixel_major(preds):  # rows of (anchor, delta) pairs already
+        flat = torch.cat([p.permute(0, 2, 3, 1).flatten(1, 2) for p in preds], 1)
+        return flat, (flat.stride(0), flat.size(2) // num_base, 1, flat.stride(1))
+    flat = torch.cat([p.flatten(2) for p in preds], 2)
+    return flat, (flat.stride(0), flat.size(1) // num_base * flat.stride(1), flat.stride(1), 1)
+
+
+def gather_deltas(bbox_preds: Sequence[Tensor], anchor_ids: Tensor, num_base: int) -> Tensor:
+    """The deltas of the anchors ``anchor_ids``: :func:`concat_deltas` and one gather.
+
+    Args:
+        bbox_preds (Sequence[Tensor]): ``[(B, Ab*D, Hi, Wi)]`` deltas, any memory layout.
         anchor_ids (Tensor): ``(B, M)`` long, in mmdet's anchor order (level, row, column, base
             anchor), in ``[0, sum(Hi*Wi) * Ab)``.
         num_base (int): ``Ab``.
@@ -55,12 +85,11 @@ def gather_deltas(bbox_preds: Sequence[Tensor], anchor_ids: Tensor, num_base: in
     Returns:
         Tensor: ``(B, M, D)``.
     """
-    preds = [p.detach() for p in bbox_preds]
-    if is_pixel_major(preds):  # rows of (anchor, delta) pairs already
-        flat = torch.cat([p.permute(0, 2, 3, 1).flatten(1, 2) for p in preds], 1)
-        flat = flat.unflatten(2, (num_base, -1)).flatten(1, 2)  # (B, S, D)
+    flat, strides = concat_deltas(bbox_preds, num_base)
+    if strides[3] != 1:  # pixel-major: (B, S, D) rows of one anchor's deltas
+        flat = flat.unflatten(2, (num_base, -1)).flatten(1, 2)
         return flat.gather(1, anchor_ids[..., None].expand(-1, -1, flat.size(2)))
-    flat = torch.cat([p.flatten(2) for p in preds], 2).unflatten(1, (num_base, -1))
+    flat = flat.unflatten(1, (num_base, -1))
     batch_ids = torch.arange(anchor_ids.size(0), device=anchor_ids.device)[:, None]
     # (B, Ab, D, sum(Hi*Wi)) indexed by (image, base, pixel): (B, M, D)
     return flat[batch_ids, anchor_ids % num_base, :, anchor_ids // num_base]
@@ -121,22 +150,76 @@ def select_candidates(cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor]
         Candidates: ``M`` candidates per image, as :func:`select_pairs` gives them.
     """
     values, pairs = select_pairs(cls_scores, k, topk)
+    args = (values, pairs, bbox_preds, anchors, num_classes,
+            cls_scores[0].size(1) // num_classes, bbox_coder, settings, img_hw, scale_factors)
+    if topk is None and _fused(values, bbox_preds, anchors, bbox_coder):
+        return fast_or_plain(lambda: _decode_fused(*args), lambda: _decode(*args),
+                             _FUSED.off, "RetinaNetHead: the candidates' Triton kernel",
+                             'decoding them in ATen ops')
+    return _decode(*args)
+
+
+def _decode(values: Tensor, pairs: Tensor, bbox_preds: Sequence[Tensor], anchors: Tensor,
+            num_classes: int, num_base: int, bbox_coder: object, settings: PostProcessSettings,
+            img_hw: Tensor, scale_factors: Union[Tensor, Sequence[Sequence[float]], None]
+            ) -> Candidates:
+    """Steps 2 to 4 in ATen ops, from the pairs of step 1 (``values`` and ``pairs`` ``(B, M)``;
+    ``num_base`` base anchors per pixel; the other arguments as :func:`select_candidates`)."""
     scores, labels = values.sigmoid(), pairs % num_classes  # (B, M)
     valid = scores > settings.score_thr  # mmdet's exact test, on the selected pairs
     if settings.score_thr < 0:  # the padding (score 0) is no pair
         valid = valid & (values > float('-inf'))
     anchor_ids = pairs // num_classes
-    deltas = gather_deltas(bbox_preds, anchor_ids, cls_scores[0].size(1) // num_classes)
+    deltas = gather_deltas(bbox_preds, anchor_ids, num_base)
     bboxes = decode_boxes(bbox_coder, anchors[anchor_ids], deltas)
     if getattr(bbox_coder, 'clip_border', True):
         bboxes = clip_boxes(bboxes, img_hw.to(bboxes.dtype))
     if scale_factors is not None:
-        if not isinstance(scale_factors, Tensor):  # new_tensor would wait on CUDA
-            scale_factors = host_tensor(scale_factors, bboxes.dtype, bboxes.device)
-        bboxes = rescale_boxes(bboxes, scale_factors.to(bboxes.dtype))
+        bboxes = rescale_boxes(bboxes, _on_device(scale_factors, bboxes))
     if settings.min_bbox_size >= 0:
         valid = valid & min_size_mask(bboxes, settings.min_bbox_size)
     return Candidates(bboxes, scores, labels, valid)
+
+
+# on until the fused kernel fails once (then steps 2 to 4 run in ATen ops, warned once)
+_FUSED = Switch()
+
+
+def _fused(values: Tensor, bbox_preds: Sequence[Tensor], anchors: Tensor,
+           bbox_coder: object) -> bool:
+    """Whether steps 2 to 4 run as one Triton kernel (``retina_candidates_triton.py``):
+    where Triton kernels run, in fp32, for mmdet's ``DeltaXYWHBBoxCoder`` itself, outside
+    traced, exported and compiled graphs (which keep the ATen ops)."""
+    return (_FUSED.on and on_triton_device(values)
+            and values.dtype == bbox_preds[0].dtype == anchors.dtype == torch.float32
+            and plain_delta_coder(bbox_coder)
+            and not (torch.jit.is_tracing() or is_compiling()
+                     or torch.onnx.is_in_onnx_export()))
+
+
+def _decode_fused(values: Tensor, pairs: Tensor, bbox_preds: Sequence[Tensor],
+                  anchors: Tensor, num_classes: int, num_base: int, bbox_coder: object,
+                  settings: PostProcessSettings, img_hw: Tensor,
+                  scale_factors: Union[Tensor, Sequence[Sequence[float]], None]) -> Candidates:
+    """:func:`_decode` as one launch (arguments as there; ``bbox_coder`` is mmdet's
+    ``DeltaXYWHBBoxCoder``)."""
+    from .retina_candidates_triton import decode_candidates_triton
+    deltas, strides = concat_deltas(bbox_preds, num_base)
+    clip = getattr(bbox_coder, 'clip_border', True)
+    return Candidates(*decode_candidates_triton(
+        values, pairs, deltas, strides, anchors.contiguous(),
+        coder_constants(bbox_coder, torch.float32, values.device), num_classes, num_base,
+        float(bbox_coder.ctr_clamp) if bbox_coder.add_ctr_clamp else None, MAX_RATIO,
+        img_hw.to(torch.float32).contiguous() if clip else None,
+        None if scale_factors is None else _on_device(scale_factors, values).contiguous(),
+        settings.score_thr, settings.min_bbox_size))
+
+
+def _on_device(scale_factors: Union[Tensor, Sequence[Sequence[float]]], like: Tensor) -> Tensor:
+    """``(B, 2)`` scale factors in ``like``'s dtype, on its device."""
+    if not isinstance(scale_factors, Tensor):  # new_tensor would wait on CUDA
+        return host_tensor(scale_factors, like.dtype, like.device)
+    return scale_factors.to(like.dtype)
 
 
 def detections_by_image(bboxes: Tensor, scores: Tensor, labels: Tensor, valid: Tensor,
