@@ -30,3 +30,17 @@ def run_interpreter_sweep(script: Path) -> dict:
     assert report['failures'] == [], '\n'.join(report['failures'])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return report
+
+
+def count_calls(owner: object, name: str) -> list:
+    """Replaces ``owner.name`` by a wrapper that appends to the returned list on every call:
+    a sweep's proof that its cases went through the kernel."""
+    calls: list = []
+    fn = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+
+    setattr(owner, name, counted)
+    return calls

@@ -15,8 +15,11 @@ import itertools
 import json
 import sys
 import traceback
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parents[2] / 'helpers'))
 
 
 def maps(layout, gen, num_classes, num_base=9, batch=2,
@@ -42,20 +45,14 @@ def main() -> int:
     except ImportError as exc:
         print(json.dumps({'skip': f'triton does not import: {exc}'}))
         return 0
+    from interpreter_sweep import count_calls
     from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
 
     from mmdet_retina_plugin.models.dense_heads import retina_pair_selection as pairs_module
     from mmdet_retina_plugin.models.dense_heads import retina_post_processing as post
     from mmdet_retina_plugin.models.dense_heads.retina_post_settings import PostProcessSettings
 
-    calls = []
-    kernel = rct.decode_candidates_triton
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return kernel(*args, **kwargs)
-
-    rct.decode_candidates_triton = counted
+    calls = count_calls(rct, 'decode_candidates_triton')
     failures, cases = [], 0
     num_classes, k = 4, 40  # k above the coarsest level's 36 pairs: padding too
     gen = torch.Generator().manual_seed(0)

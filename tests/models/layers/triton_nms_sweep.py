@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[2] / 'helpers')]
 
 
 def main() -> int:
@@ -30,6 +30,7 @@ def main() -> int:
     except ImportError as exc:
         print(json.dumps({'skip': f'triton does not import: {exc}'}))
         return 0
+    from interpreter_sweep import count_calls
     from test_batched_nms import (
         assert_same_keep,
         clustered_boxes,
@@ -40,14 +41,8 @@ def main() -> int:
 
     from mmdet_retina_plugin.models.layers import batched_nms as bn
 
-    calls = []
     greedy_triton = _triton_nms.greedy_triton
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return greedy_triton(*args, **kwargs)
-
-    _triton_nms.greedy_triton = counted
+    calls = count_calls(_triton_nms, 'greedy_triton')
     # small blocks, so that the interpreter's groups of a few dozen boxes span several
     _triton_nms._BLOCK = 8
     failures = []
