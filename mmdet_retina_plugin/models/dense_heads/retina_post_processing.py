@@ -192,6 +192,8 @@ def _fused(values: Tensor, bbox_preds: Sequence[Tensor], anchors: Tensor,
     traced, exported and compiled graphs (which keep the ATen ops)."""
     return (_FUSED.on and on_triton_device(values)
             and values.dtype == bbox_preds[0].dtype == anchors.dtype == torch.float32
+            # the kernel reads raw pointers: tensors elsewhere are the ATen ops' error to raise
+            and values.device == bbox_preds[0].device == anchors.device
             and plain_delta_coder(bbox_coder)
             and not (torch.jit.is_tracing() or is_compiling()
                      or torch.onnx.is_in_onnx_export()))
@@ -210,7 +212,7 @@ def _decode_fused(values: Tensor, pairs: Tensor, bbox_preds: Sequence[Tensor],
         values, pairs, deltas, strides, anchors.contiguous(),
         coder_constants(bbox_coder, torch.float32, values.device), num_classes, num_base,
         float(bbox_coder.ctr_clamp) if bbox_coder.add_ctr_clamp else None, MAX_RATIO,
-        img_hw.to(torch.float32).contiguous() if clip else None,
+        img_hw.to(values.device, torch.float32).contiguous() if clip else None,
         None if scale_factors is None else _on_device(scale_factors, values).contiguous(),
         settings.score_thr, settings.min_bbox_size))
 
@@ -219,7 +221,7 @@ def _on_device(scale_factors: Union[Tensor, Sequence[Sequence[float]]], like: Te
     """``(B, 2)`` scale factors in ``like``'s dtype, on its device."""
     if not isinstance(scale_factors, Tensor):  # new_tensor would wait on CUDA
         return host_tensor(scale_factors, like.dtype, like.device)
-    return scale_factors.to(like.dtype)
+    return scale_factors.to(like.device, like.dtype)
 
 
 def detections_by_image(bboxes: Tensor, scores: Tensor, labels: Tensor, valid: Tensor,

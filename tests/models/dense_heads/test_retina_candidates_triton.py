@@ -85,6 +85,10 @@ def test_select_candidates_takes_the_kernel_only_where_it_applies(triton_stub, m
     select([c.double() for c in cls], [b.double() for b in box], anchors.double())
     select(cls, box, anchors, coder=type('Coder', (type(ours.bbox_coder),), {})())
     select(cls, box, anchors, topk=lambda rows, k: rows.topk(k, dim=1))
+    # anchors elsewhere than the maps: the ATen ops, whose error it is to raise
+    values, _ = post.select_pairs(cls, 100)
+    assert post._fused(values, box, anchors, ours.bbox_coder)
+    assert not post._fused(values, box, anchors.to('meta'), ours.bbox_coder)
     monkeypatch.setattr(torch.jit, 'is_tracing', lambda: True)
     select(cls, box, anchors)
     assert len(triton_stub) == 1
