@@ -6,7 +6,7 @@ image, the rescale to the original image, the ``score_thr`` and ``min_bbox_size`
 ATen ops that is some forty launches per batch, each a few microseconds of host time, where the
 work itself is a few thousand candidates. The arithmetic is the ATen path's, in the same order
 and in fp32 without fused multiply-adds (IEEE division, CUDA's ``expf``), so the results are
-its own; ``nan`` propagates through the clamps as through ``torch.clamp``.
+the ATen path's; ``nan`` propagates through the clamps as through ``torch.clamp``.
 
 Imported only where Triton kernels run (CUDA, or Triton's CPU interpreter in the tests): it
 imports ``triton``.
@@ -29,8 +29,10 @@ _BLOCK = 128
 @triton.jit
 def _exp(x, PRECISE: tl.constexpr):
     if PRECISE:  # CUDA's expf, as ATen's exp and sigmoid compute it
-        return libdevice.exp(x)
-    return tl.exp(x)  # the interpreter's (numpy's) exp
+        y = libdevice.exp(x)
+    else:  # the interpreter's (numpy's) exp
+        y = tl.exp(x)
+    return y
 
 
 @triton.jit
