@@ -114,12 +114,11 @@ def delta_xywh_decode(bbox_coder: DeltaXYWHBBoxCoder, anchors: Tensor, deltas: T
     pxy = (anchors[:, :2] + anchors[:, 2:]) * 0.5
     pwh = anchors[:, 2:] - anchors[:, :2]
     dxy_wh = pwh * dxy
-    max_ratio = MAX_RATIO
     if bbox_coder.add_ctr_clamp:
         dxy_wh = torch.clamp(dxy_wh, max=bbox_coder.ctr_clamp, min=-bbox_coder.ctr_clamp)
-        dwh = torch.clamp(dwh, max=max_ratio)
+        dwh = torch.clamp(dwh, max=MAX_RATIO)
     else:
-        dwh = dwh.clamp(min=-max_ratio, max=max_ratio)
+        dwh = dwh.clamp(min=-MAX_RATIO, max=MAX_RATIO)
     gxy = pxy + dxy_wh
     gwh = pwh * dwh.exp()
     return torch.cat([gxy - gwh * 0.5, gxy + gwh * 0.5], dim=-1)

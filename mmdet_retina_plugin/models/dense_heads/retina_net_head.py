@@ -265,11 +265,11 @@ class RetinaNetHead(RetinaHeadLossMixin, RetinaHeadPredictMixin, BaseDenseHead):
             return fast_or_plain(
                 lambda: canvas_forward((self.cls_convs, self.reg_convs),
                                        (self.retina_cls, self.retina_reg), x, layout),
-                lambda: self._levels(x), self._unpack,
+                lambda: self._levels(x), self._stop_packing,
                 "RetinaNetHead: the levels' canvas", 'running level by level')
         return self._levels(x)
 
-    def _unpack(self) -> None:
+    def _stop_packing(self) -> None:
         self.pack_levels = False
 
     def _levels(self, x: Sequence[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
