@@ -1,11 +1,13 @@
 """Steps 2 to 4 of the post-processing as one Triton kernel (``retina_candidates_triton.py``):
-equal to the ATen ops it replaces (through Triton's CPU interpreter, and on CUDA), the ops left
-around it, when ``select_candidates`` takes it, and the fallback when it fails."""
+equal to the ATen ops it replaces (through Triton's CPU interpreter, and on CUDA), compiled for
+CUDA GPUs, the ops left around it, when ``select_candidates`` takes it, and the fallback when it
+fails."""
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from gpu_compile import ARCHES, compile_for_gpus
 from head_pairs import METAS, build_pair, random_maps
 from interpreter_sweep import run_interpreter_sweep
 from test_retina_post_processing import _kernel_ops
@@ -21,6 +23,20 @@ def test_kernel_under_interpreter_equals_the_aten_ops():
     # 2 layouts x ctr clamp x clip x 3 (rescale, min size, score_thr) x 2 rankings
     assert report['cases'] == 48
     assert report['kernel_calls'] == 48  # select_candidates took the kernel every time
+
+
+def test_kernel_compiles_for_cuda_gpus():
+    """The GPU build, which the interpreter does not run, for every GPU in ``ARCHES`` and every
+    compile-time branch: CUDA's ``expf`` from libdevice, and no fused multiply-add but the
+    three ``expf``'s own (a fused one rounds once where ATen's ops round twice)."""
+    kernels = compile_for_gpus(SWEEP)
+    kernel = kernels['_candidates_kernel']
+    assert kernel['fused_multiply_adds'] == 3 * kernels['expf_probe']['fused_multiply_adds']
+    assert kernel['arches'] == list(ARCHES)
+    assert kernel['dtypes'] == ['float32']
+    for flag in ('CTR_CLAMP', 'CLIP', 'RESCALE', 'MIN_SIZE', 'NEG_THR'):
+        assert kernel['constexprs'][flag] == [False, True], flag
+    assert kernel['constexprs']['PRECISE'] == [True]
 
 
 def _inputs(channels_last=False, device='cpu'):

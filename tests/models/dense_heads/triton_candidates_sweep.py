@@ -39,6 +39,38 @@ def maps(layout, gen, num_classes, num_base=9, batch=2,
     return cls, box, anchors
 
 
+def gpu_compile_cases() -> None:
+    """The kernel's launches for ``gpu_compile.compile_for_gpus``: through ``_decode_fused``
+    (the launch ``select_candidates`` makes on a GPU), every compile-time branch both ways, for
+    NCHW and channels-last maps; and a probe of CUDA's ``expf`` alone, whose own fused
+    multiply-adds are the only ones the kernel may hold."""
+    import triton
+    import triton.language as tl
+    from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
+    from triton.language.extra import libdevice
+
+    from mmdet_retina_plugin.models.dense_heads import retina_post_processing as post
+    from mmdet_retina_plugin.models.dense_heads.retina_post_settings import PostProcessSettings
+
+    gen = torch.Generator().manual_seed(0)
+    for layout, on in (('nchw', True), ('channels_last', False)):
+        cls, box, anchors = maps(layout, gen, 4)
+        coder = DeltaXYWHBBoxCoder(clip_border=on, add_ctr_clamp=on, ctr_clamp=8)
+        settings = PostProcessSettings.from_cfg(dict(
+            nms_pre=40, score_thr=0.05 if on else -1.0, min_bbox_size=0.0 if on else -1.0,
+            nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+        values, pairs = post.select_pairs(cls, 40)
+        post._decode_fused(values, pairs, box, anchors, 4, 9, coder, settings,
+                           torch.tensor([[60, 90], [45, 100]]),
+                           torch.tensor([[1.5, 2.0], [0.75, 0.5]]) if on else None)
+
+    @triton.jit
+    def expf_probe(x_ptr):
+        tl.store(x_ptr, libdevice.exp(tl.load(x_ptr)))
+
+    expf_probe[(1,)](torch.zeros(1), enable_fp_fusion=False)
+
+
 def main() -> int:
     try:
         from mmdet_retina_plugin.models.dense_heads import retina_candidates_triton as rct

@@ -1,10 +1,11 @@
 """The Triton greedy-NMS kernel, tested without a GPU: ``triton_nms_sweep.py`` runs it in
 Triton's CPU interpreter, in one subprocess so that ``TRITON_INTERPRET=1`` (read when Triton is
-imported) reaches no other test."""
+imported) reaches no other test, and compiles it for CUDA GPUs."""
 from pathlib import Path
 
 import pytest
 import torch
+from gpu_compile import ARCHES, compile_for_gpus
 from interpreter_sweep import run_interpreter_sweep
 
 SWEEP = Path(__file__).with_name('triton_nms_sweep.py')
@@ -22,6 +23,16 @@ def test_triton_kernel_under_interpreter_matches_rounds_and_mmcv():
     # 3 NMS configs, each one batched call through the kernel
     assert report['end_to_end_cases'] == 3
     assert report['triton_calls'] == 3
+
+
+def test_kernel_compiles_for_cuda_gpus():
+    """The GPU build, which the interpreter does not run, for every GPU in ``ARCHES`` and both
+    IoU tests, without a fused multiply-add: the IoU rounds as mmcv's kernels round it."""
+    kernel = compile_for_gpus(SWEEP)['_greedy_group_kernel']
+    assert kernel['fused_multiply_adds'] == 0
+    assert kernel['arches'] == list(ARCHES)
+    assert kernel['dtypes'] == ['float32']
+    assert kernel['constexprs'] == {'CUDA_RULE': [False, True], 'BLOCK': [128]}
 
 
 def test_the_kernel_is_the_only_launch_besides_its_group_bounds(monkeypatch):

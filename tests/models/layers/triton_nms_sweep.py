@@ -24,6 +24,18 @@ import torch
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[2] / 'helpers')]
 
 
+def gpu_compile_cases() -> None:
+    """The kernel's launches for ``gpu_compile.compile_for_gpus``, with mmcv's CUDA and CPU
+    IoU tests, at the kernel's own block size."""
+    from mmdet_retina_plugin.models.layers._triton_nms import greedy_triton
+
+    xy = torch.rand(12, 2) * 50
+    boxes = torch.cat([xy, xy + 10], 1)
+    segment = torch.tensor([0] * 5 + [1] * 7)
+    for cuda_rule in (True, False):
+        greedy_triton(boxes, segment, 100, 0.5, 0, cuda_rule)
+
+
 def main() -> int:
     try:
         from mmdet_retina_plugin.models.layers import _triton_nms

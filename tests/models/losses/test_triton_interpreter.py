@@ -6,6 +6,7 @@ scaling) and no host synchronisation, whatever the targets, segments or dtype; t
 Triton launch only for a loss per segment."""
 from pathlib import Path
 
+from gpu_compile import ARCHES, compile_for_gpus
 from interpreter_sweep import run_interpreter_sweep
 
 SWEEP = Path(__file__).with_name('triton_interpreter_sweep.py')
@@ -31,3 +32,19 @@ def test_triton_kernel_under_interpreter_matches_eager_and_mmdet():
         assert report['syncs'][case] == [], f'{case} synchronises: {report["syncs"][case]}'
     assert report['triton_launches'] == {'index': 1, 'onehot': 1, 'segments': 2,
                                          'index_bf16': 1}
+
+
+def test_kernels_compile_for_cuda_gpus():
+    """The GPU build, which the interpreter does not run, for every GPU in ``ARCHES``: every
+    compile-time value of both kernels, in every dtype the loss takes."""
+    kernels = compile_for_gpus(SWEEP)
+    loss, scale = kernels['_focal_kernel'], kernels['_scale_kernel']
+    assert loss['arches'] == scale['arches'] == list(ARCHES)
+    assert loss['dtypes'] == ['bfloat16', 'float16', 'float32']
+    assert loss['constexprs'] == {
+        'TARGET': [0, 1], 'W_MODE': [0, 1, 2], 'USE_ALPHA': [False, True],
+        'GAMMA_MODE': [0, 1, 2], 'HAS_AVG': [False, True], 'LOSS_MODE': [0, 1, 2],
+        'NUM_SEG': [1, 2, 4], 'WIDE_PERIOD': [False, True], 'GRAD_MODE': [0, 1, 2, 3, 4],
+        'BLOCK': [1024]}
+    assert scale['constexprs'] == {'NUM_SEG': [2, 4], 'WIDE_PERIOD': [False, True],
+                                   'BLOCK': [1024]}

@@ -384,6 +384,42 @@ def launch_cases(retina_loss: Callable, log: List[str]
     return counts
 
 
+def gpu_compile_cases() -> None:
+    """The kernels' launches for ``gpu_compile.compile_for_gpus``: every compile-time value of
+    the loss kernel (targets, weights, alpha, gamma, ``avg_factor``, loss and gradient modes,
+    one, several and wide segments) and of the scaling kernel, in fp32, fp16 and bf16."""
+    from mmdet_retina_plugin.models.losses import focal_triton as ft
+
+    n, avg, segments = 2 * sum(SEGMENTS), torch.tensor(3.0), SEGMENTS  # 2 images
+    labels = torch.randint(0, K + 1, (n,))
+    for dtype in DTYPES:  # index targets, gamma 2, alpha, avg_factor: a sum and its gradient
+        ft.triton_loss(torch.randn(n, K, dtype=dtype), labels, None, avg, 1.0, 2.0, 0.25,
+                       None, True, True)
+    logits = torch.randn(n, K)
+    soft = torch.rand(n, K)
+    ft.triton_loss(logits, soft, torch.rand(n, K), None, 1.0, 1.5, None, None, False, False)
+    half = logits.half()
+    ft.triton_loss(half, soft > 0.5, torch.rand(n, 1), avg, 1.0, 0.0, 0.25, segments, True,
+                   True)
+    ft.scale_grad(half, torch.rand(len(segments)), segments)
+    bf16 = logits.bfloat16()
+    for grad_out, reduce_sum, segs in ((torch.rand(len(segments)), True, segments),
+                                       (torch.tensor(2.0), True, None),
+                                       (torch.rand(n, K), False, None),
+                                       (torch.tensor(2.0).expand(n, K), False, None)):
+        ft.triton_grad(grad_out, bf16, labels.int(), None, avg, 1.0, 2.0, 0.25, segs,
+                       reduce_sum)
+    limit = ft._SMALL_DIV_LIMIT
+    ft._SMALL_DIV_LIMIT = ft._BLOCK + 60  # an image's 90 rows are wide (as ~4M anchors are)
+    try:
+        wide = (40, 50)
+        ft.triton_loss(torch.randn(180, K), torch.randint(0, K + 1, (180,)), None, avg, 1.0,
+                       2.0, 0.25, wide, True, True)
+        ft.scale_grad(torch.randn(180, K), torch.rand(2), wide)
+    finally:
+        ft._SMALL_DIV_LIMIT = limit
+
+
 def main() -> int:
     if os.environ.get('TRITON_INTERPRET') != '1':
         raise SystemExit('run with TRITON_INTERPRET=1')
