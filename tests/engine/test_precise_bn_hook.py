@@ -17,6 +17,7 @@ from torch import nn
 import mmdet_retina_plugin  # noqa: F401
 from mmdet_retina_plugin.engine.hooks import RetinaPreciseBNHook
 from mmdet_retina_plugin.engine.hooks.precise_bn_hook import sample_batches, update_bn_stats
+from mmdet_retina_plugin.models.layers import RetinaFrozenBN
 
 DEMO_CONFIG = Path(__file__).parents[2] / 'configs' / 'demo' / 'retinanet_shapes.py'
 
@@ -123,6 +124,18 @@ def test_model_without_training_bn_is_left_alone():
     model = ToyModel()
     model.bn = nn.Identity()
     assert update_bn_stats(model, iter(batches_of(list(torch.randn(5, 4)), 5)), 1) == 0
+
+
+def test_frozen_norms_keep_their_statistics_in_training_mode():
+    """A RetinaFrozenBN is a batch norm by class, yet frozen in any mode: not updated, not
+    counted, even where nothing puts it in eval mode."""
+    model = ToyModel()
+    model.bn = RetinaFrozenBN(4)
+    with torch.no_grad():
+        model.bn.running_mean.fill_(0.5)
+    assert model.bn.training
+    assert update_bn_stats(model, iter(batches_of(list(torch.randn(5, 4)), 5)), 1) == 0
+    assert torch.equal(model.bn.running_mean, torch.full((4,), 0.5))
 
 
 @pytest.mark.parametrize('kwargs, field', [(dict(num_iters=0), 'num_iters'),

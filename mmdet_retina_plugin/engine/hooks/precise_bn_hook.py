@@ -16,6 +16,7 @@ from mmengine.model import is_model_wrapper
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
+from ...models.layers.frozen_batch_norm import RetinaFrozenBN
 from ...utils.errors import RetinaConfigError
 
 DataBatch = Dict[str, Any]
@@ -53,10 +54,10 @@ def update_bn_stats(model: nn.Module, batches: Iterable[DataBatch], num_iters: i
     was_training = model.training
     model.train()
     # Layers a module keeps in eval mode on train() (mmdet's norm_eval=True, frozen stages) are
-    # meant to keep their statistics.
+    # meant to keep their statistics, as frozen norms are in any mode.
     layers = [m for m in model.modules()
               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
-              and m.track_running_stats]
+              and m.track_running_stats and not isinstance(m, RetinaFrozenBN)]
     if not layers:
         model.train(was_training)
         return 0

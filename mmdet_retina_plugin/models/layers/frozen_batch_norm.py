@@ -11,10 +11,14 @@ the input's dtype and memory layout: no layout conversion around it in a channel
 no cast under autocast, and a backward that is one multiply (``dL/dx = dL/dy * scale``) when the
 statistics and the affine are frozen.
 
-The module holds ``weight``, ``bias``, ``running_mean``, ``running_var`` and
-``num_batches_tracked`` as ``nn.BatchNorm2d`` does, so mmdet's and torchvision's BN checkpoints
-load with ``strict=True``, and ``_abbr_ = 'bn'`` gives it BN's names in mmdet's backbones
-(``bn1``, ``layer1.0.bn1``, ...).
+It is a ``_BatchNorm`` (torch's batch-norm base class, whose constructor makes its
+``weight``, ``bias``, ``running_mean``, ``running_var`` and ``num_batches_tracked``), so
+mmdet's and torchvision's BN checkpoints load with ``strict=True``, ``_abbr_ = 'bn'`` gives it
+BN's names in mmdet's backbones (``bn1``, ``layer1.0.bn1``, ...), and every tool that finds
+batch norms by that class finds it as it finds ``nn.BatchNorm2d``: mmengine's optimizer
+constructor (``paramwise_cfg``'s ``norm_decay_mult``), mmcv's ``fuse_conv_bn`` (folding it into
+the conv before it for inference), mmdet's ``norm_eval``, ``convert_sync_batchnorm`` (which
+turns it into a ``SyncBatchNorm``, as it turns BN).
 """
 from __future__ import annotations
 
@@ -22,14 +26,15 @@ from typing import Optional
 
 import torch
 from mmdet.registry import MODELS
-from torch import Tensor, nn
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...utils.compiling import is_compiling
 from ...utils.errors import RetinaConfigError
 
 
 @MODELS.register_module()
-class RetinaFrozenBN(nn.Module):
+class RetinaFrozenBN(_BatchNorm):
     """Batch norm with fixed statistics, as one per-channel affine.
 
     Equal to ``nn.BatchNorm2d(...).eval()`` with the same state (to the input dtype's rounding),
@@ -47,12 +52,16 @@ class RetinaFrozenBN(nn.Module):
             statistics, as ``nn.BatchNorm2d(affine=False)`` does.
         track_running_stats (bool): must be True: a frozen norm normalises with stored
             statistics (BN without them normalises with each batch's).
+        device (torch.device, optional): where the parameters and buffers are made, as BN's.
+        dtype (torch.dtype, optional): their dtype, as BN's.
     """
 
     _abbr_ = 'bn'
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
-                 affine: bool = True, track_running_stats: bool = True) -> None:
+                 affine: bool = True, track_running_stats: bool = True,
+                 device: Optional[torch.device] = None,
+                 dtype: Optional[torch.dtype] = None) -> None:
         if not isinstance(num_features, int) or isinstance(num_features, bool) \
                 or num_features < 1:
             raise RetinaConfigError(f'num_features must be an int >= 1, got {num_features!r}')
@@ -65,21 +74,8 @@ class RetinaFrozenBN(nn.Module):
         if track_running_stats is not True:
             raise RetinaConfigError('track_running_stats must be True (a frozen norm uses stored '
                                     f'statistics), got {track_running_stats!r}')
-        super().__init__()
-        self.num_features = num_features
-        self.eps = float(eps)
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        if affine:
-            self.weight: Optional[nn.Parameter] = nn.Parameter(torch.ones(num_features))
-            self.bias: Optional[nn.Parameter] = nn.Parameter(torch.zeros(num_features))
-        else:
-            self.register_parameter('weight', None)
-            self.register_parameter('bias', None)
-        self.register_buffer('running_mean', torch.zeros(num_features))
-        self.register_buffer('running_var', torch.ones(num_features))
-        self.register_buffer('num_batches_tracked', torch.tensor(0, dtype=torch.long))
+        super().__init__(num_features, float(eps), momentum, affine, track_running_stats,
+                         device=device, dtype=dtype)
         self._cache_key: Optional[tuple] = None
         self._cache: tuple = ()
         self._cache_state: list = []

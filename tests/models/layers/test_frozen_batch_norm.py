@@ -1,9 +1,10 @@
 """RetinaFrozenBN: equal to nn.BatchNorm2d in eval mode, loads its state strictly, builds in
-mmdet's ResNet under BN's names."""
+mmdet's ResNet under BN's names, and is a batch norm to the tools that look for one."""
 import pytest
 import torch
-from mmcv.cnn import build_norm_layer
+from mmcv.cnn import build_norm_layer, fuse_conv_bn
 from mmdet.models.backbones import ResNet
+from mmengine.optim import build_optim_wrapper
 from torch import nn
 
 from mmdet_retina_plugin.models.layers import RetinaFrozenBN
@@ -166,15 +167,15 @@ def test_bad_arguments(kwargs, field):
         RetinaFrozenBN(8)(torch.zeros(1, 4, 2, 2))
 
 
-def test_mmdet_resnet_loads_stock_state_strictly_and_computes_the_same():
-    """A ResNet-18 with random BN statistics: ours loads stock's state dict strictly (same
-    names) and, in training mode under norm_eval, gives stock's features."""
-    def resnet(norm_type: str) -> ResNet:
-        return ResNet(depth=18, out_indices=(0, 1, 2, 3), frozen_stages=1, norm_eval=True,
-                      norm_cfg=dict(type=norm_type, requires_grad=False), style='pytorch')
+def resnet(norm_type: str, requires_grad: bool = False) -> ResNet:
+    return ResNet(depth=18, out_indices=(0, 1, 2, 3), frozen_stages=1, norm_eval=True,
+                  norm_cfg=dict(type=norm_type, requires_grad=requires_grad), style='pytorch')
 
+
+def stock_and_ours(requires_grad: bool = False) -> tuple[ResNet, ResNet]:
+    """mmdet ResNet-18s with BN and with ours, stock's statistics and affine random."""
     torch.manual_seed(0)
-    stock = resnet('BN')
+    stock = resnet('BN', requires_grad)
     with torch.no_grad():
         for m in stock.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -182,7 +183,13 @@ def test_mmdet_resnet_loads_stock_state_strictly_and_computes_the_same():
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.normal_(0, 0.1)
-    ours = resnet('RetinaFrozenBN')
+    return stock, resnet('RetinaFrozenBN', requires_grad)
+
+
+def test_mmdet_resnet_loads_stock_state_strictly_and_computes_the_same():
+    """A ResNet-18 with random BN statistics: ours loads stock's state dict strictly (same
+    names) and, in training mode under norm_eval, gives stock's features."""
+    stock, ours = stock_and_ours()
     assert list(ours.state_dict()) == list(stock.state_dict())
     assert isinstance(ours.layer1[0].bn1, RetinaFrozenBN) and isinstance(ours.norm1,
                                                                           RetinaFrozenBN)
@@ -196,6 +203,55 @@ def test_mmdet_resnet_loads_stock_state_strictly_and_computes_the_same():
     for a, b in zip(ours(x.contiguous(memory_format=CL)), stock(x)):
         assert a.is_contiguous(memory_format=CL)
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_norm_decay_mult_applies_to_it_as_to_batch_norm():
+    """mmengine's optimizer constructor finds norms by class: ``paramwise_cfg``'s
+    ``norm_decay_mult`` (mmdet's RetinaNet configs on NAS-FPN, EfficientNet and RSB backbones
+    set it to 0) gives ours stock's weight decay, parameter by parameter."""
+    def decays(model: nn.Module) -> dict:
+        wrapper = build_optim_wrapper(model, dict(
+            optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=1e-4),
+            paramwise_cfg=dict(norm_decay_mult=0.0)))
+        by_param = {id(p): g['weight_decay'] for g in wrapper.optimizer.param_groups
+                    for p in g['params']}
+        return {name: by_param[id(p)] for name, p in model.named_parameters()
+                if id(p) in by_param}  # not the frozen stage's
+
+    stock, ours = stock_and_ours(requires_grad=True)
+    want = decays(stock)
+    assert want['layer2.0.bn1.weight'] == 0.0 and want['layer2.0.conv1.weight'] == 1e-4
+    assert decays(ours) == want
+
+
+def test_mmcv_fuse_conv_bn_folds_it_into_the_conv():
+    """mmcv's ``fuse_conv_bn`` (mmdet's inference benchmark's ``--fuse-conv-bn``) folds ours
+    into the conv before it, as it folds BN: no norm left, the same features."""
+    stock, ours = stock_and_ours()
+    ours.load_state_dict(stock.state_dict(), strict=True)
+    ours.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = ours(x)
+        fused = fuse_conv_bn(ours)
+        got = fused(x)
+    assert not any(isinstance(m, RetinaFrozenBN) for m in fused.modules())
+    assert isinstance(fused.layer2[0].bn1, nn.Identity)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_built_with_batch_norms_device_and_dtype_and_converted_like_it():
+    frozen = RetinaFrozenBN(8, device='cpu', dtype=torch.float64)
+    bn = nn.BatchNorm2d(8, device='cpu', dtype=torch.float64)
+    for name, value in bn.state_dict().items():
+        got = frozen.state_dict()[name]
+        assert got.dtype == value.dtype and torch.equal(got, value), name
+    # convert_sync_batchnorm (mmengine's sync_bn='torch') turns it into a SyncBatchNorm, as BN
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(frozen_like(random_bn())))[0]
+    assert type(synced) is nn.SyncBatchNorm
+    for name, value in random_bn().state_dict().items():
+        assert torch.equal(synced.state_dict()[name], value), name
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA is not available')
