@@ -15,7 +15,6 @@ own (every kernel is really compiled). Run as a script, this file is that subpro
 import json
 import os
 import runpy
-import subprocess
 import sys
 import tempfile
 import traceback
@@ -23,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List
 
-import pytest
+from interpreter_sweep import script_report
 
 # Turing (T4), Ampere (A100, RTX 30), Ada (L4, RTX 40), Hopper (H100, H200), Blackwell (B200,
 # RTX 50): the GPUs detection models are trained on
@@ -49,16 +48,7 @@ def compile_for_gpus(script: Path) -> Dict[str, dict]:
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
     with tempfile.TemporaryDirectory() as cache:
         env['TRITON_CACHE_DIR'] = cache
-        proc = subprocess.run([sys.executable, __file__, str(script)], env=env,
-                              capture_output=True, text=True, timeout=600)
-    lines = proc.stdout.strip().splitlines()
-    assert lines, f'no report (exit {proc.returncode}):\n{proc.stderr[-3000:]}'
-    report = json.loads(lines[-1])
-    if 'skip' in report:
-        pytest.skip(report['skip'])
-    assert report['failures'] == [], '\n'.join(report['failures'])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return report['kernels']
+        return script_report([__file__, str(script)], env)['kernels']
 
 
 def _compile_all(script: str) -> dict:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Dict, List
 
 import pytest
 
@@ -19,9 +20,15 @@ def run_interpreter_sweep(script: Path) -> dict:
     Returns:
         dict: the report, after asserting that no case failed.
     """
-    env = dict(os.environ, TRITON_INTERPRET='1')
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                          text=True, timeout=600)
+    return script_report([str(script)], dict(os.environ, TRITON_INTERPRET='1'))
+
+
+def script_report(argv: List[str], env: Dict[str, str]) -> dict:
+    """Runs ``python *argv`` with ``env`` and returns the JSON report it prints last (see
+    :func:`run_interpreter_sweep`), after asserting that nothing failed; skips the test on a
+    ``{"skip": reason}`` report."""
+    proc = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True,
+                          timeout=600)
     lines = proc.stdout.strip().splitlines()
     assert lines, f'no report (exit {proc.returncode}):\n{proc.stderr[-3000:]}'
     report = json.loads(lines[-1])
