@@ -22,7 +22,9 @@ around each run). Rows:
   call, of ``FOCAL_CALLS`` calls issued back to back.
 * ``inference``: ``model.test_step`` (preprocessing, network, post-processing with NMS) in fp32
   at batch 1 and 8 (also with the fp32 GPU config and the static-shape config), under bf16
-  autocast at batch 8, and the bf16 config. Images per second.
+  autocast at batch 8, and the bf16 config. The configs' models are prepared as their hooks
+  prepare them when testing starts (the frozen norms folded into their convolutions). Images
+  per second.
 * ``syncs``: host-device synchronisations per batch of ``loss_by_feat`` and ``predict_by_feat``
   (CUDA's sync debug mode, ``bench/gpu/host_syncs.py``), batch of 8.
 
@@ -43,12 +45,14 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmdet.models.losses import FocalLoss
 from mmdet.registry import HOOKS, MODELS
 from mmengine.config import Config
+from mmengine.runner import get_priority
 
 import mmdet_retina_plugin  # noqa: F401  (registers our modules)
 from bench.bench_focal_loss import fwd_bwd, make_inputs
@@ -66,6 +70,7 @@ SHORT = {'float32': 'fp32', 'float16': 'fp16', 'bfloat16': 'bf16'}
 Value = Union[float, str, None]
 FOCAL_CALLS = 10
 GPU_CONFIG_NOTE = 'ours: frozen BN, channels-last, pinned batches'
+TEST_NOTE = 'ours: frozen BN folded into the convolutions, channels-last, pinned batches'
 STATIC_NOTE = ('ours: the GPU config, batches padded to 800x1344, 100 gts per image, backbone, '
                'neck and head compiled into CUDA graphs')
 STATIC_WHY = 'CUDA graphs need a GPU'
@@ -141,6 +146,7 @@ class Bench:
             spread_scores(models['stock'].bbox_head)
             for name in ('ours', 'gpu-config'):
                 models[name].load_state_dict(models['stock'].state_dict(), strict=True)
+            start_testing(models['gpu-config'], GPU_CONFIG)
             self.scores_spread = True
         return models
 
@@ -159,6 +165,18 @@ def build_gpu_config(stock: torch.nn.Module, device: torch.device,
         if hook['type'] == 'RetinaCompileHook':
             HOOKS.build(hook).compile_model(model)
     return model
+
+
+def start_testing(model: torch.nn.Module, config: Path) -> None:
+    """What mmengine's Runner does to the model when testing starts: the ``before_test`` of
+    each of ``config``'s hooks, in priority order (the frozen norms folded into their
+    convolutions, by ``RetinaFoldFrozenBNHook``). Done once the training rows are over: the
+    fold changes the model's state-dict names."""
+    cfg = Config.fromfile(str(config))
+    hooks = sorted((HOOKS.build(h) for h in cfg.get('custom_hooks', [])),
+                   key=lambda h: get_priority(h.priority))
+    for hook in hooks:
+        hook.before_test(SimpleNamespace(model=model))
 
 
 def pinned(data: Dict[str, list], device: torch.device) -> Dict[str, list]:
@@ -350,10 +368,11 @@ def inference_rows(bench: Bench) -> List[Row]:
         rows.append(timed_row(bench, 'inference', f'inference fp32, batch {images}: GPU config',
                               infer_step(stock, data),
                               infer_step(config_model, pinned(data, bench.device)), images,
-                              note=GPU_CONFIG_NOTE))
+                              note=TEST_NOTE))
     if bench.device.type == 'cuda':  # its training rows updated it: the same weights again
         static = bench.model('static-config').eval()
         static.load_state_dict(stock.state_dict(), strict=True)
+        start_testing(static, STATIC_CONFIG)
     for images in sorted({1, n}):
         case = f'inference fp32, batch {images}: static config'
         data = make_batch([hw] * images)
@@ -367,7 +386,7 @@ def inference_rows(bench: Bench) -> List[Row]:
     rows.append(timed_row(bench, 'inference', f'inference autocast bf16, batch {n}: bf16 config',
                           infer_step(stock, data, True),
                           infer_step(config_model, pinned(data, bench.device), True), n,
-                          note=GPU_CONFIG_NOTE))
+                          note=TEST_NOTE))
     return rows
 
 

@@ -21,5 +21,6 @@ model = dict(
 # the base's hooks restated (custom_hooks lists are replaced, not merged), then the compile hook
 custom_hooks = [dict(type='RetinaNonFiniteGuardHook', action='skip'),
                 dict(type='RetinaChannelsLastHook'),
+                dict(type='RetinaFoldFrozenBNHook'),
                 dict(type='RetinaCompileHook', modules=['backbone', 'neck'],
                      compile_cfg=dict(mode='reduce-overhead'))]

@@ -18,6 +18,8 @@ val_dataloader = dict(pin_memory=True)
 test_dataloader = dict(pin_memory=True)
 
 # NHWC weights from the first iteration on (after the checkpoint or pretrained weights are loaded);
+# for testing, the frozen BN folded into the convolutions before it (53 fewer passes per image);
 # the base's non-finite guard restated: custom_hooks lists are replaced, not merged
 custom_hooks = [dict(type='RetinaNonFiniteGuardHook', action='skip'),
-                dict(type='RetinaChannelsLastHook')]
+                dict(type='RetinaChannelsLastHook'),
+                dict(type='RetinaFoldFrozenBNHook')]

@@ -20,6 +20,7 @@ from mmengine.structures import InstanceData
 
 from bench.retinanet_r50 import retinanet_r50_model_cfg
 from mmdet_retina_plugin.engine.hooks import RetinaChannelsLastHook
+from mmdet_retina_plugin.models.layers import RetinaFrozenBN, fold_frozen_bn
 
 CONFIGS = Path(__file__).resolve().parents[2] / 'configs' / 'retinanet'
 CL = torch.channels_last
@@ -102,7 +103,8 @@ def test_custom_hooks_build():
     cfg = Config.fromfile(str(CONFIGS / BF16_CONFIG))
     hooks = [HOOKS.build(h) for h in cfg.custom_hooks]
     assert [type(h).__name__ for h in hooks] == ['RetinaNonFiniteGuardHook',
-                                                'RetinaChannelsLastHook']
+                                                'RetinaChannelsLastHook',
+                                                'RetinaFoldFrozenBNHook']
 
 
 def test_fp32_training_step_equals_the_baselines(stock_state):
@@ -192,5 +194,37 @@ def test_runner_trains_and_tests_the_gpu_config_on_tiny_data(tmp_path):
     model = runner.train()
     assert model.backbone.conv1.weight.is_contiguous(memory_format=CL)  # the hook ran
     assert (tmp_path / 'work' / 'epoch_1.pth').is_file()
+    assert isinstance(model.backbone.bn1, RetinaFrozenBN)  # validation folds nothing
     metrics = runner.test()
     assert 0.0 <= metrics['coco/bbox_mAP'] <= 1.0
+    # testing folded the frozen norms, and the folded weights kept their layout
+    assert not any(isinstance(m, RetinaFrozenBN) for m in model.modules())
+    assert model.backbone.conv1.weight.is_contiguous(memory_format=CL)
+
+
+def test_folding_the_frozen_norms_keeps_the_detections(stock_state):
+    """What the config's RetinaFoldFrozenBNHook does before testing: R50's 53 frozen norms
+    folded into their convolutions, channels-last, the same detections."""
+    from bench.retinanet_r50 import spread_scores
+
+    model = build(GPU_CONFIG)
+    model.load_state_dict(stock_state, strict=True)
+    spread_scores(model.bbox_head)  # random weights: scores spread over the threshold
+    model.eval()
+    model.to(memory_format=CL)
+    data = batch()
+    with torch.no_grad():
+        want = model.test_step(data)
+        assert fold_frozen_bn(model) == 53
+        got = model.test_step(data)
+    assert model.backbone.layer3[2].conv2.weight.is_contiguous(memory_format=CL)
+    assert sum(len(s.pred_instances) for s in got) > 0
+    for a, b in zip(want, got):  # the same set: scores a rounding apart may swap places
+        a, b = a.pred_instances, b.pred_instances
+        assert len(a) == len(b)
+        unmatched = list(range(len(b)))
+        for box, score, label in zip(a.bboxes, a.scores, a.labels):
+            match = next(j for j in unmatched if b.labels[j] == label
+                         and abs(b.scores[j] - score) < 1e-5
+                         and torch.allclose(b.bboxes[j], box, atol=1e-3))
+            unmatched.remove(match)
