@@ -19,6 +19,8 @@ from mmengine.runner import Runner
 from tiny_detector import tiny_config, tiny_data
 from torch._dynamo.backends.common import aot_autograd
 
+from mmdet_retina_plugin.models.layers import RetinaFrozenBN
+
 CONFIGS = Path(__file__).resolve().parents[2] / 'configs' / 'retinanet'
 BF16_CONFIG = 'retina-plugin_r50_fpn_bf16-1x_coco.py'
 STATIC_CONFIG = 'retina-plugin_r50_fpn_bf16-static-1x_coco.py'
@@ -68,14 +70,19 @@ def train_and_test(root, work_dir, compiled):
     cfg.model.data_preprocessor.type = 'RetinaDataPreprocessor'
     cfg.model.data_preprocessor.shape_buckets = [(96, 96), (96, 128)]  # 64 px images: 96 x 96
     cfg.model.bbox_head.static_num_gts = 16
+    # the configs' frozen backbone norms, folded when testing starts, before the compile
+    cfg.model.backbone.norm_cfg = dict(type='RetinaFrozenBN', requires_grad=False)
+    cfg.custom_hooks.append(dict(type='RetinaFoldFrozenBNHook'))
     if compiled:
         cfg.model.bbox_head.compile_cfg = dict(backend=BACKEND)
         cfg.custom_hooks.append(dict(type='RetinaCompileHook', compile_cfg=dict(backend=BACKEND)))
     cfg.model.test_cfg.score_thr = 0.0  # untrained: keep boxes for the evaluator
     runner = Runner.from_cfg(cfg)
     model = runner.train()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     metrics = runner.test()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}, metrics
+    assert not any(isinstance(m, RetinaFrozenBN) for m in model.modules())
+    return state, metrics
 
 
 def test_runner_trains_and_tests_compiled_as_eager_with_one_graph_per_shape(tmp_path):

@@ -123,10 +123,11 @@ class RetinaFrozenBN(_BatchNorm):
         reads.
         """
         state = self._state()
-        if torch.is_grad_enabled() and any(t.requires_grad for t in state) \
-                or any(t.is_inference() for t in state) \
-                or torch.jit.is_tracing() or is_compiling():
-            # traced or trained: in the graph; inference-mode state has no version counter
+        # compiled, traced or trained: in the graph; inference-mode state has no version
+        # counter. The compile test comes first: dynamo cannot trace ``is_inference``.
+        if is_compiling() or torch.jit.is_tracing() \
+                or torch.is_grad_enabled() and any(t.requires_grad for t in state) \
+                or any(t.is_inference() for t in state):
             return self._viewed(self.scale_and_shift(), dtype, dim)
         # inference-mode tensors may not be saved for a later backward: cached apart
         key = (dtype, dim, torch.is_inference_mode_enabled(), state[0].device,

@@ -205,6 +205,19 @@ def test_mmdet_resnet_loads_stock_state_strictly_and_computes_the_same():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize('requires_grad', [False, True])
+def test_compiles_whole_frozen_or_trained(requires_grad):
+    """``torch.compile(fullgraph=True)`` (``RetinaCompileHook``'s default) of a frozen norm,
+    with and without gradients: no graph break, BN's values."""
+    bn = random_bn()
+    frozen = frozen_like(bn).requires_grad_(requires_grad)
+    compiled = torch.compile(frozen, fullgraph=True, backend='eager')
+    x = torch.randn(2, 8, 4, 4)
+    torch.testing.assert_close(compiled(x), bn(x), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), bn(x), rtol=1e-5, atol=1e-5)
+
+
 def test_norm_decay_mult_applies_to_it_as_to_batch_norm():
     """mmengine's optimizer constructor finds norms by class: ``paramwise_cfg``'s
     ``norm_decay_mult`` (mmdet's RetinaNet configs on NAS-FPN, EfficientNet and RSB backbones
