@@ -70,9 +70,11 @@ def train_and_test(root, work_dir, compiled):
     cfg.model.data_preprocessor.type = 'RetinaDataPreprocessor'
     cfg.model.data_preprocessor.shape_buckets = [(96, 96), (96, 128)]  # 64 px images: 96 x 96
     cfg.model.bbox_head.static_num_gts = 16
-    # the configs' frozen backbone norms, folded when testing starts, before the compile
+    # as in the static config: frozen backbone norms, folded when testing starts, before the
+    # compile; channels-last weights and batches
     cfg.model.backbone.norm_cfg = dict(type='RetinaFrozenBN', requires_grad=False)
-    cfg.custom_hooks.append(dict(type='RetinaFoldFrozenBNHook'))
+    cfg.model.data_preprocessor.train_channels_last = True
+    cfg.custom_hooks += [dict(type='RetinaChannelsLastHook'), dict(type='RetinaFoldFrozenBNHook')]
     if compiled:
         cfg.model.bbox_head.compile_cfg = dict(backend=BACKEND)
         cfg.custom_hooks.append(dict(type='RetinaCompileHook', compile_cfg=dict(backend=BACKEND)))
