@@ -127,6 +127,24 @@ def test_the_focal_floor_and_the_sync_counts():
     assert targets.judge(predict_syncs, counted)[0] == 'not met'
 
 
+def test_a_compiled_part_run_eager_is_named_in_the_note():
+    """A part of the static config whose compile failed runs eager: its rows say which."""
+    from types import SimpleNamespace
+
+    from mmdet_retina_plugin.utils.compiling import Compiler, compile_forward
+
+    model = SimpleNamespace(backbone=torch.nn.Identity(), neck=torch.nn.Identity(),
+                            bbox_head=SimpleNamespace(dense_compiler=Compiler({})))
+    for name in ('backbone', 'neck'):
+        compile_forward(getattr(model, name), Compiler({}))
+    row = Row('inference', 'inference fp32, batch 1: static config', 'img/s', 1.0, 2.0, 2.0,
+              note='ours: compiled')
+    assert side_by_side.with_fallbacks(row, model).note == 'ours: compiled'
+    model.neck.forward.compiler.failed = model.bbox_head.dense_compiler.failed = True
+    assert side_by_side.with_fallbacks(row, model).note == \
+        'ours: compiled; ran eager after a compile failure: neck, head'
+
+
 def test_kernel_profile_reports_every_hot_path_on_cpu(tmp_path, one_torch_thread):
     """The kernel profile's machinery at tiny sizes on the CPU: every case, both sides, with
     their numbers (no CUDA: no launches, syncs or GPU time to count), written to the file."""
