@@ -3,8 +3,10 @@
 passes per image at inference, the detections equal to float rounding."""
 from __future__ import annotations
 
+import logging
+
 from mmdet.registry import HOOKS
-from mmengine.hooks import Hook
+from mmengine.hooks import EMAHook, Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
@@ -20,12 +22,19 @@ class RetinaFoldFrozenBNHook(Hook):
     the checkpoint by then, and nothing trains or saves the model afterwards. Validation during
     training keeps the norms, since the weights go on training. Runs after
     ``RetinaChannelsLastHook`` (the folded weights keep its layout) and before
-    ``RetinaCompileHook`` (which then compiles the folded network).
+    ``RetinaCompileHook`` (which then compiles the folded network). With an ``EMAHook`` (or a
+    subclass) it folds nothing and says so: that hook swaps the averaged weights in and out
+    parameter by parameter, in order, which the fold would misalign.
     """
 
     priority = 'HIGH'
 
     def before_test(self, runner: Runner) -> None:
+        if any(isinstance(hook, EMAHook) for hook in getattr(runner, 'hooks', ())):
+            print_log('RetinaFoldFrozenBNHook: nothing folded, since EMAHook swaps the '
+                      "averaged weights in by the parameters' order", logger='current',
+                      level=logging.WARNING)
+            return
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         folded = fold_frozen_bn(model)
         print_log(f'RetinaFoldFrozenBNHook: {folded} frozen norms folded into their '
