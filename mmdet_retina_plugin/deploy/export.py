@@ -29,6 +29,7 @@ from ..models.dense_heads import RetinaNetHead
 from ..models.dense_heads.retina_post_processing import select_candidates
 from ..models.dense_heads.retina_post_settings import PostProcessSettings
 from ..models.layers.batched_nms import SUPPORTED_KEYS, class_offset_boxes
+from ..models.layers.frozen_bn_folding import fold_frozen_bn
 from ..utils.errors import RetinaConfigError
 from . import graph_ops
 from .metadata import write_metadata
@@ -259,6 +260,9 @@ def export_onnx(config: Union[str, Path, Any], checkpoint: Union[str, Path],
     if batch_size < 1:
         raise RetinaConfigError(f'batch_size must be >= 1, got {batch_size}')
     model, cfg = _load_detector(config, checkpoint)
+    # frozen norms as part of their convolutions: fewer graph nodes, one rounding fewer; before
+    # the Winograd rewrite, which replaces some of those convolutions
+    folded = fold_frozen_bn(model)
     meta = pipeline_meta(cfg, model.dataset_meta.get('classes', ()))
     graph = RetinaNetGraph(model, meta['mean'], meta['std'], meta['bgr_to_rgb'], postprocess)
     # after RetinaNetGraph has checked the head
@@ -285,7 +289,8 @@ def export_onnx(config: Union[str, Path, Any], checkpoint: Union[str, Path],
                 batch_size=None if dynamic else batch_size,
                 outputs=output_names, padding=dict(score=0.0, label=-1),
                 test_cfg=dataclasses.asdict(graph.settings) if postprocess else None,
-                num_classes=graph.head.num_classes, winograd_convs=replaced)
+                num_classes=graph.head.num_classes, winograd_convs=replaced,
+                frozen_norms_folded=folded)
     write_metadata(out, meta)
     return out
 

@@ -74,3 +74,32 @@ def test_r50_config_matches_pytorch(r50_detector):
     # a batch of the second and third (both 192 x 320 after resizing, so no extra padding)
     for ours, expected in zip(runner.det(images[1:3]), ref[1:3]):
         assert_same_detections(ours, expected)
+
+
+def test_frozen_norms_are_folded_into_the_exported_convolutions(tmp_path):
+    """The demo detector with the GPU configs' frozen backbone norms: the export folds all of
+    them into their convolutions (no norm arithmetic left in the graph) and detects what
+    PyTorch's unfolded model detects."""
+    import onnx
+    from mmengine.config import Config
+
+    from mmdet_retina_plugin.deploy import export_onnx, read_metadata
+    from tests.deploy.conftest import DEMO_CONFIG, _logit, _write_detector
+
+    cfg = Config.fromfile(str(DEMO_CONFIG))
+    cfg.model.backbone.norm_cfg = dict(type='RetinaFrozenBN', requires_grad=False)
+    files = _write_detector(cfg, tmp_path, 'frozen', _logit(0.05) - 0.62)
+    onnx_path = export_onnx(files['config'], files['checkpoint'], tmp_path / 'frozen.onnx',
+                            dynamic=True, input_size=(160, 160))
+    assert read_metadata(onnx_path)['frozen_norms_folded'] == 20  # ResNet-18's norms
+    nodes = onnx.load(str(onnx_path)).graph.node
+    conv_outputs = {out for node in nodes if node.op_type == 'Conv' for out in node.output}
+    # a norm left unfolded is a multiply (and an add) of a convolution's output
+    assert not [node.name for node in nodes if node.op_type in ('Mul', 'BatchNormalization')
+                and conv_outputs.intersection(node.input)]
+    images = [textured_image(160, 160, seed=3), textured_image(96, 128, seed=4)]
+    ref = torch_detections(files, images)
+    assert all(len(r['scores']) > 0 for r in ref)
+    runner = OnnxRetinaNet(onnx_path)
+    for image, expected in zip(images, ref):
+        assert_same_detections(runner.det([image])[0], expected)
