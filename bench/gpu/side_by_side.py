@@ -61,7 +61,7 @@ from bench.gpu.host_syncs import head_sync_counts
 from bench.gpu.targets import verdicts
 from bench.harness import machine, measure, measure_pair
 from bench.retinanet_r50 import spread_scores
-from mmdet_retina_plugin.utils.compiling import CompiledForward
+from mmdet_retina_plugin.utils.compiling import forward_compiler
 
 CONFIGS = Path(__file__).resolve().parents[2] / 'configs' / 'retinanet'
 GPU_CONFIG = CONFIGS / 'retina-plugin_r50_fpn_gpu-1x_coco.py'
@@ -237,12 +237,10 @@ def with_fallbacks(row: Row, model: torch.nn.Module) -> Row:
     """``row``, its note naming the parts of ``model`` that ran eager after their compile
     failed (``RetinaCompileHook``'s backbone and neck, the head's dense work): a compiled
     config timed partly eager says so in the table, not only in a warning."""
-    failed = [name for name in ('backbone', 'neck')
-              if isinstance(getattr(model, name).__dict__.get('forward'), CompiledForward)
-              and getattr(model, name).forward.compiler.failed]
-    head = getattr(model.bbox_head, 'dense_compiler', None)
-    if head is not None and head.failed:
-        failed.append('head')
+    compilers = {name: forward_compiler(getattr(model, name)) for name in ('backbone', 'neck')}
+    compilers['head'] = getattr(model.bbox_head, 'dense_compiler', None)
+    failed = [name for name, compiler in compilers.items()
+              if compiler is not None and compiler.failed]
     if failed:
         row.note += f'; ran eager after a compile failure: {", ".join(failed)}'
     return row

@@ -6,7 +6,8 @@
   time;
 * :class:`Compiler`: runs functions compiled, eager where compiling fails (warned once,
   :func:`~.fallback.fast_or_plain`);
-* :func:`compile_forward`: a module's forward through a :class:`Compiler`.
+* :func:`compile_forward`: a module's forward through a :class:`Compiler`
+  (:func:`forward_compiler` finds it).
 """
 from __future__ import annotations
 
@@ -123,7 +124,13 @@ class CompiledForward:
 def compile_forward(module: torch.nn.Module, compiler: Compiler) -> bool:
     """Makes ``module``'s forward run through ``compiler`` (``nn.Module.__call__`` and its hooks
     are unchanged; state-dict names too). Returns False if it already did."""
-    if isinstance(module.__dict__.get('forward'), CompiledForward):
+    if forward_compiler(module) is not None:
         return False
     module.forward = CompiledForward(module, compiler)
     return True
+
+
+def forward_compiler(module: torch.nn.Module) -> Optional[Compiler]:
+    """The :class:`Compiler` that :func:`compile_forward` gave ``module``'s forward, or None."""
+    forward = module.__dict__.get('forward')
+    return forward.compiler if isinstance(forward, CompiledForward) else None
