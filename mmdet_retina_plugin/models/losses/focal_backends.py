@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ...utils.compiling import is_compiling
-from ...utils.fallback import fast_or_plain
+from ...utils.fallback import Out, fast_or_plain
 from ...utils.triton_device import on_triton_device
 from .focal_eager import Pair, dense_chunked, dense_pass, eager_loss
 
@@ -86,9 +86,7 @@ class FocalBackends:
         else:
             def fast() -> Pair:
                 return self._run_compiled(*args)
-        return fast_or_plain(fast, lambda: eager_loss(dense_chunked, *args),
-                             lambda: self._disable(name), f'RetinaFocalLoss: the {name} backend',
-                             'using the eager implementation')
+        return self._or_eager(name, fast, lambda: eager_loss(dense_chunked, *args))
 
     def grad(self, grad_out: Tensor, *loss_args: Any,
              compile_min_numel: Optional[int]) -> Tensor:
@@ -108,12 +106,10 @@ class FocalBackends:
         segments = loss_args[7]
         if self.choose(loss_args[0], compile_min_numel) == 'triton' \
                 and not self.failed.get('triton'):
-            return fast_or_plain(
-                lambda: self._triton().triton_grad(grad_out, *loss_args),
+            return self._or_eager(
+                'triton', lambda: self._triton().triton_grad(grad_out, *loss_args),
                 lambda: _scale_eager(eager_loss(dense_chunked, *loss_args, True)[1], grad_out,
-                                     segments),
-                lambda: self._disable('triton'), 'RetinaFocalLoss: the triton backend',
-                'using the eager implementation')
+                                     segments))
         derivative = self.run(*loss_args, True, compile_min_numel)[1]
         return self.scale_grad(derivative, grad_out, segments)
 
@@ -132,6 +128,13 @@ class FocalBackends:
         if on_triton_device(grad) and not self.failed.get('triton'):
             return self._triton().scale_grad(grad, grad_out, segments)
         return _scale_eager(grad, grad_out, segments)
+
+    def _or_eager(self, name: str, fast: Callable[[], Out], eager: Callable[[], Out]) -> Out:
+        """``fast()`` on backend ``name``, :func:`fast_or_plain` with ``eager`` as the plain
+        path: a failure turns ``name`` off for later calls, warned once."""
+        return fast_or_plain(fast, eager, lambda: self._disable(name),
+                             f'RetinaFocalLoss: the {name} backend',
+                             'using the eager implementation')
 
     def _disable(self, name: str) -> None:
         self.failed[name] = True
